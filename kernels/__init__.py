@@ -1,0 +1,1 @@
+"""Triton kernels of fastui, installed as ``fastui.kernels``. Import is lazy: Triton is optional."""
