@@ -4,32 +4,26 @@ Public API for users dropping the losses into their own trainers::
 
     from fastui import score_distill_loss, ScoreDistillLoss
 
-See README.md and ../docs for the mathematics (MATH.md) and the design.
+``score_distill_loss``, ``preset_loss`` and ``fake_score_loss`` dispatch to the fastest available backend
+(cuda -> triton -> cpp -> torch; ``FASTUI_BACKEND`` overrides). Their pure-torch references, the specification,
+live in :mod:`fastui.functional`.
 """
 
-from . import divergences
-from .functional import (
-    discriminator_loss,
-    fake_score_loss,
-    gan_generator_loss,
-    log_density_ratio,
-    preset_loss,
-)
+from . import divergences, ops
+from .functional import discriminator_loss, gan_generator_loss, log_density_ratio
+from .losses import FakeScoreLoss, ScoreDistillLoss
+from .ops import fake_score_loss, preset_loss, score_distill_loss
 
 __version__ = "0.1.0"
 
-try:  # the dispatched (fused) versions, once the kernels layer exists
-    from .ops import score_distill_loss  # noqa: F401
-    from .losses import ScoreDistillLoss  # noqa: F401
-except ImportError:  # pragma: no cover - reference fallback
-    from .functional import score_distill_loss  # noqa: F401
-
 __all__ = [
     "divergences",
+    "ops",
     "score_distill_loss",
     "ScoreDistillLoss",
     "preset_loss",
     "fake_score_loss",
+    "FakeScoreLoss",
     "discriminator_loss",
     "gan_generator_loss",
     "log_density_ratio",

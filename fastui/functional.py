@@ -104,8 +104,10 @@ def _per_sample(name: str, value, batch: int, like: torch.Tensor, *, allow_scala
     raise ValueError(f"{name} must have shape [{batch}] (one value per sample), got {list(value.shape)}")
 
 
-def check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio=None):
+def check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio=None, *, names=("x_g", "d_teacher", "d_fake")):
     """Validate the generator-loss inputs once, above the backends.
+
+    ``names`` are the argument names used in error messages (callers with other argument names pass theirs).
 
     Returns:
         ``(sigma [B], log_ratio [B] or None)``.
@@ -113,18 +115,18 @@ def check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio=None):
     Raises:
         ValueError: naming the argument and the shapes/dtypes/devices involved.
     """
-    for name, t in (("x_g", x_g), ("d_teacher", d_teacher), ("d_fake", d_fake)):
+    for name, t in zip(names, (x_g, d_teacher, d_fake)):
         if not torch.is_tensor(t):
             raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating tensor (fp32, bf16, fp16, fp64), got dtype {t.dtype}")
         if t.ndim < 1 or t.shape[0] == 0:
             raise ValueError(f"{name} must have shape [B, ...] with B >= 1, got {list(t.shape)}")
-    for name, t in (("d_teacher", d_teacher), ("d_fake", d_fake)):
+    for name, t in zip(names[1:], (d_teacher, d_fake)):
         if t.shape != x_g.shape:
-            raise ValueError(f"{name} has shape {list(t.shape)} but x_g has shape {list(x_g.shape)}")
+            raise ValueError(f"{name} has shape {list(t.shape)} but {names[0]} has shape {list(x_g.shape)}")
         if t.device != x_g.device:
-            raise ValueError(f"{name} is on {t.device} but x_g is on {x_g.device}")
+            raise ValueError(f"{name} is on {t.device} but {names[0]} is on {x_g.device}")
     batch = x_g.shape[0]
     sigma = _per_sample("sigma", sigma, batch, x_g, allow_scalar=True)
     if log_ratio is not None:
@@ -400,6 +402,7 @@ def preset_loss(method, x_g, d_teacher, d_fake, sigma, log_ratio=None, *, diverg
         lambda_g: scale of the SiD-family losses (``sid``, ``sim``, ``sida``, ``uni``).
         overrides: e.g. ``alpha=`` for ``sid``.
     """
+    check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio)  # same errors for every method, used or not
     p = method if isinstance(method, _div.Preset) else _div.get_preset(method)
     div = divergence or p.divergence
     scale = p.distill_weight
@@ -444,7 +447,7 @@ def fake_score_loss(d_fake, x_g, sigma, *, sigma_data=0.5, reduction="mean", ret
 
     Shapes: ``d_fake, x_g``: ``[B, ...]``; ``sigma``: ``[B]`` or scalar.
     """
-    sigma, _ = check_inputs(x_g, d_fake, d_fake, sigma)  # d_fake checked against x_g; d_teacher slot unused
+    sigma, _ = check_inputs(x_g, d_fake, d_fake, sigma, names=("x_g", "d_fake", "d_fake"))
     _check_reduction(reduction)
     batch = x_g.shape[0]
     acc = accumulation_dtype(d_fake, x_g)
