@@ -77,9 +77,9 @@ step pytest-gpu 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-
 step bench-kernels 170 "$PY" -m bench.kernels --device cuda --quick --dtypes fp32,bf16 --reps 30 --budget-s 150 \
   --out "$OUTDIR/kernels.csv" --plot "$OUTDIR/kernels.png"
 
-# 6. Step benchmark: reserved for the issue on step benchmarks, which adds e.g.
-#    step bench-step 120 "$PY" -m bench.step --device cuda --out "$OUTDIR/step.csv"
-# ---- bench.step goes here ----
+# 6. Step benchmark (issue 8): ADM ImageNet-64 bf16 and DDPM++ CIFAR-10, reference vs fastui, largest batch.
+step bench-step 240 "$PY" -m bench.step --quick --device cuda --out "$OUTDIR/step.csv" --max-batch \
+    --max-batch-seconds 40 --max-seconds 20 --profile "$OUTDIR/step_profile_gpu.txt"
 
 {
   echo "gpu_check summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), ${SECONDS}s of ${BUDGET_S}s)"

@@ -264,3 +264,17 @@ def test_build_rejects_unknown_model_and_keys():
         N.build({"model": "Transformer", "img_resolution": 8, "img_channels": 1})
     with pytest.raises(ValueError, match="unknown arch keys"):
         N.build(dict(N.small_unet_arch(), colour="red"))
+
+
+@pytest.mark.parametrize("up, down, kernel", [(True, False, 0), (True, False, 3), (False, True, 0), (False, True, 3)])
+def test_box_resampling_shortcut_equals_the_filter_convolution(up, down, kernel):
+    """The [1, 1] filter's pooling/upsampling shortcut computes exactly the depthwise filter convolution."""
+    from fastui.networks.layers import Conv2d
+
+    torch.manual_seed(0)
+    m = Conv2d(8, 8, kernel, up=up, down=down, resample_filter=[1, 1]).double()
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64)
+    assert m.box2
+    fast = m(x)
+    m.box2 = False
+    torch.testing.assert_close(fast, m(x), rtol=0, atol=1e-12)

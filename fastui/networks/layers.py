@@ -148,6 +148,7 @@ class Conv2d(nn.Module):
                      if kernel and bias else None)
         # Persistent buffer: EDM checkpoints carry it, so strict loading expects it.
         self.register_buffer("resample_filter", _resample_kernel(resample_filter) if (up or down) else None)
+        self.box2 = list(resample_filter) == [1, 1]
 
     def forward(self, x):
         w, b, f = self.weight, self.bias, self.resample_filter
@@ -163,12 +164,16 @@ class Conv2d(nn.Module):
                                    stride=2, padding=w_pad + f_pad)
             x = F.conv2d(x, w)
         else:
+            # The [1, 1] filter (DDPM++, ADM) is exactly nearest 2x upsampling / 2x2 average pooling; those ops
+            # avoid the slow depthwise convolution with a stride-0 (expanded) weight on the CPU.
             if self.up:
-                x = F.conv_transpose2d(x, (f * 4).expand(self.in_channels, 1, -1, -1), groups=self.in_channels,
-                                       stride=2, padding=f_pad)
+                x = (F.interpolate(x, scale_factor=2.0, mode="nearest") if self.box2 else
+                     F.conv_transpose2d(x, (f * 4).expand(self.in_channels, 1, -1, -1), groups=self.in_channels,
+                                        stride=2, padding=f_pad))
             if self.down:
-                x = F.conv2d(x, f.expand(self.in_channels, 1, -1, -1), groups=self.in_channels, stride=2,
-                             padding=f_pad)
+                x = (F.avg_pool2d(x, 2) if self.box2 else
+                     F.conv2d(x, f.expand(self.in_channels, 1, -1, -1), groups=self.in_channels, stride=2,
+                              padding=f_pad))
             if w is not None:
                 x = F.conv2d(x, w, padding=w_pad)
         if b is not None:
