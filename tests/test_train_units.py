@@ -1,0 +1,104 @@
+"""Engine pieces in isolation (no process group): noise schedules, EMA decay, gradient guard, draws, checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from fastui.train import checkpoint as ckpt
+from fastui.train.config import Config, resolve
+from fastui.train.engines import _GradGuard
+from fastui.train.schedule import ema_beta, karras_sigma, phase, sample_sigma
+from fastui.train.step import Draws, Stats
+
+
+def test_karras_levels_with_t_max_800_span_0_002_to_24_4():
+    g = torch.Generator().manual_seed(0)
+    s = sample_sigma("karras", 20000, g, "cpu", t_max=800.0)
+    assert s.min() >= 0.002 - 1e-6 and s.min() < 0.003
+    # MATH §2: u <= 0.8 gives sigma <= (80^(1/7) + 0.2 (0.002^(1/7) - 80^(1/7)))^7 = 24.4
+    top = karras_sigma(torch.tensor(0.8))
+    assert abs(top.item() - 24.4) < 0.1 and s.max() <= top + 1e-4 and s.max() > 0.9 * top
+
+
+def test_karras_index_stays_inside_levels_20_to_980():
+    g = torch.Generator().manual_seed(0)
+    s = sample_sigma("karras_index", 20000, g, "cpu")
+    lo, hi = karras_sigma(torch.tensor(20 / 999)), karras_sigma(torch.tensor(980 / 999))
+    assert s.min() >= lo - 1e-6 and s.max() <= hi + 1e-4
+    assert s.min() > 0.002 and s.max() < 80.0
+
+
+def test_lognormal_sigma_has_the_configured_log_moments():
+    g = torch.Generator().manual_seed(0)
+    ls = sample_sigma("lognormal", 100000, g, "cpu", p_mean=-1.2, p_std=1.2).log()
+    assert abs(ls.mean().item() + 1.2) < 0.02 and abs(ls.std().item() - 1.2) < 0.02
+
+
+def test_ema_half_life_in_images():
+    beta = ema_beta(10**9, 256, halflife_images=500_000, rampup=0.05)
+    assert math.isclose(beta ** (500_000 / 256), 0.5, rel_tol=1e-9)
+    early = ema_beta(10_000, 256, halflife_images=500_000, rampup=0.05)  # ramp-up: half-life 500 images
+    assert math.isclose(early ** (500 / 256), 0.5, rel_tol=1e-9)
+
+
+def test_phase_follows_the_image_counter():
+    assert not phase(99_999, 100_000, 200_000).generator_step
+    p = phase(100_000, 100_000, 200_000)
+    assert p.generator_step and not p.ratio_on
+    assert phase(200_000, 100_000, 200_000).ratio_on
+
+
+def test_grad_guard_zeroes_and_counts_non_finite_entries_and_clips():
+    lin = torch.nn.Linear(3, 1, bias=False)
+    guard = _GradGuard(lin.parameters(), "cpu", clip=1.0)
+    x = torch.tensor([[float("nan"), 5.0, 0.1]])
+    lin(x).sum().backward()
+    assert torch.equal(lin.weight.grad, torch.tensor([[0.0, 1.0, 0.1]]))
+    assert int(guard.count) == 1
+
+
+def _ctx(world: int, rank: int, noise: str):
+    cfg = Config()
+    cfg.batch.noise, cfg.batch.global_size, cfg.batch.micro = noise, 8, 8 // world
+    return SimpleNamespace(cfg=cfg, res=resolve(cfg, world), rank=rank, device=torch.device("cpu"))
+
+
+def test_global_draws_do_not_depend_on_the_number_of_ranks():
+    one = Draws(_ctx(1, 0, "global"), 3, 1, 0).randn((2,))
+    halves = [Draws(_ctx(2, r, "global"), 3, 1, 0).randn((2,)) for r in (0, 1)]
+    assert torch.equal(one, torch.cat(halves))
+    per_rank = [Draws(_ctx(2, r, "per_rank"), 3, 1, 0).randn((2,)) for r in (0, 1)]
+    assert not torch.equal(per_rank[0], per_rank[1])
+
+
+def test_stats_average_over_the_window_and_sum_counters():
+    s = Stats("cpu")
+    for v in (1.0, 3.0):
+        s.add("loss_g", torch.tensor(v))
+        s.add("n_nonfinite_g", torch.tensor(2))
+    assert s.flush(reduce=False) == {"loss_g": 2.0, "n_nonfinite_g": 4.0}
+    assert s.flush(reduce=False) == {}
+
+
+def test_find_latest_ignores_temporary_and_incomplete_checkpoints(tmp_path):
+    for name, complete in (("ckpt-000000002", True), ("ckpt-000000005", False), (".tmp-ckpt-000000007", True)):
+        (tmp_path / name).mkdir()
+        if complete:
+            (tmp_path / name / "meta.json").write_text("{}")
+    assert ckpt.find_latest(tmp_path).name == "ckpt-000000002"
+    assert ckpt.find_latest(tmp_path / "missing") is None
+
+
+def test_activation_checkpointing_config_reaches_the_networks():
+    from fastui.train.config import load_config
+    from fastui.train.models import build_networks
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.toml", ['--model.activation_checkpointing=["fake", "generator"]'])
+    teacher, gen, fake = build_networks(cfg, torch.device("cpu"), dry_run=True)
+    assert gen.model.use_checkpoint and fake.fake.model.use_checkpoint and not teacher.model.use_checkpoint
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in gen.parameters()) and all(p.requires_grad for p in fake.parameters())
