@@ -5,6 +5,7 @@ Usage::
     python -m fastui.train --config configs/toy_ring8.toml [--resume auto|CKPT] [--dry-run] [--section.key=value ...]
     torchrun --nproc_per_node 2 -m fastui.train --config ...
     deepspeed --num_gpus 8 --module fastui.train --config ...  (deepspeed appends --local_rank; accepted)
+    deepspeed --num_gpus 8 fastui/train/__main__.py --config ...  (the script form; DeepSpeed 0.19 has no -m)
     python -m fastui.train --help-config                       (every key, its default and meaning)
 
 Everything is validated before anything is written: a bad key or value, an unknown divergence, a missing teacher,
@@ -13,10 +14,15 @@ data directory or DeepSpeed JSON, or batch sizes that do not divide exit with co
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
-from .config import ConfigError, describe, load_config, resolve
+if not __package__:  # script form: drop fastui/train from sys.path, its logging.py would shadow the stdlib's
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+from pathlib import Path  # noqa: E402
+
+from fastui.train.config import ConfigError, describe, load_config, resolve  # noqa: E402 (absolute: script form)
 
 USAGE = __doc__.split("Usage::", 1)[1].split("Everything", 1)[0]
 
@@ -56,8 +62,8 @@ def check_inputs(cfg, opts) -> None:
     """File-system checks done before anything is written (teacher, data, DeepSpeed JSON, resume path)."""
     import os
 
-    from .engines import deepspeed_config
-    from .models import teacher_exists
+    from fastui.train.engines import deepspeed_config
+    from fastui.train.models import teacher_exists
 
     if not opts["dry_run"] and not teacher_exists(cfg.teacher.spec):
         raise ConfigError(f"teacher.spec: teacher {cfg.teacher.spec!r} does not exist (a fastui checkpoint directory "
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fastui train: error: {e}", file=sys.stderr)
         return 2
-    from .run import train
+    from fastui.train.run import train
 
     try:
         out = train(cfg, res, config_path=opts["config"], resume=opts["resume"], dry_run=opts["dry_run"],
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _refuse_overwrite(cfg, opts) -> None:
-    from .run import run_dir_of
+    from fastui.train.run import run_dir_of
 
     run_dir = run_dir_of(cfg, opts["config"])
     if not opts["resume"] and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
