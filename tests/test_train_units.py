@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from fastui.train import checkpoint as ckpt
@@ -102,3 +103,29 @@ def test_activation_checkpointing_config_reaches_the_networks():
     assert gen.model.use_checkpoint and fake.fake.model.use_checkpoint and not teacher.model.use_checkpoint
     assert not any(p.requires_grad for p in teacher.parameters())
     assert all(p.requires_grad for p in gen.parameters()) and all(p.requires_grad for p in fake.parameters())
+
+
+def test_max_minutes_stops_early_and_still_exports(tmp_path):
+    """run.max_minutes ends a long run after the first iteration past the budget, with checkpoint and export."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "fastui.train", "--config", "configs/toy_ring8.toml", f"--run.out_dir={out}",
+           "--run.name=budget", "--run.duration_images=100000000", "--run.max_minutes=0.0001",
+           "--model.pretrain_steps=1", "--run.progress=false", "--run.tensorboard=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).parent.parent))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = out / "budget"
+    assert (run / "generator_ema" / "arch.json").exists()
+    ckpts = sorted((run / "checkpoints").glob("ckpt-*"))
+    assert len(ckpts) == 1, ckpts  # stopped after the first iteration: its final checkpoint only
+    assert json.loads((run / "config.json").read_text())["config"]["run"]["max_minutes"] == 0.0001
+
+
+def test_negative_max_minutes_is_a_config_error():
+    from fastui.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="max_minutes"):
+        resolve(load_config("configs/toy_ring8.toml", ["--run.max_minutes=-1"]), 1)

@@ -39,6 +39,7 @@ class RunConfig:
     name: str = ""  # run directory name under out_dir ("" = <config stem>-<method>-<divergence>)
     seed: int = 0  # base seed of every random draw (noise, labels, parameters of random networks)
     duration_images: int = 200_000_000  # training length in generated images (iterations x global batch)
+    max_minutes: float = 0.0  # wall-clock budget: stop, checkpoint and export after this many minutes (0 = none)
     log_every: int = 50  # iterations between host syncs: progress bar, CSV, TensorBoard
     grid_every_images: int = 500_000  # images between sample grids of the EMA generator (0 = never)
     grid_size: int = 64  # samples in a grid (fixed z and labels)
@@ -333,7 +334,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{sec}.{key} must be >= 1, got {getattr(getattr(cfg, sec), key)}")
     for sec, key in (("run", "grid_every_images"), ("run", "ckpt_every_images"), ("batch", "grad_accum"),
                      ("schedule", "k_fake"), ("schedule", "warmup_images"), ("schedule", "ratio_start_images"),
-                     ("run", "grid_size")):
+                     ("run", "grid_size"), ("run", "max_minutes")):
         if getattr(getattr(cfg, sec), key) < 0:
             raise ConfigError(f"{sec}.{key} must be >= 0, got {getattr(getattr(cfg, sec), key)}")
     for key in ("lr_g", "lr_fake"):

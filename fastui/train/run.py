@@ -238,6 +238,7 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     def crossed(step_images: int, images_after: int) -> bool:
         return step_images > 0 and images_after // step_images > (images_after - every) // step_images
 
+    deadline = time.monotonic() + 60.0 * cfg.run.max_minutes if cfg.run.max_minutes > 0 and not dry_run else None
     for it in range(start_it, total_it):
         images = it * res.global_size
         ph = phase(images, warmup, ratio_start)
@@ -249,24 +250,38 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
         if _fault("KILL_AT_ITERATION", it + 1):  # "killed during iteration it + 1" (test hook)
             _kill_self()
         done_it, images_after = it + 1, (it + 1) * res.global_size
-        if done_it % cfg.run.log_every == 0 or done_it == total_it:
+        final = done_it == total_it or (deadline is not None and _past(deadline, world))
+        if done_it % cfg.run.log_every == 0 or final:
             last = _log(logger, stats, gen, fake_eng, done_it, images_after, ph)
         if run_dir is None:
             continue
-        if crossed(cfg.run.grid_every_images, images_after) or done_it == total_it:
+        if crossed(cfg.run.grid_every_images, images_after) or final:
             _save_grid(cfg, ema, gen.module, shape, label_dim, device, run_dir / "grids" / f"{images_after:012d}.png",
                        rank)
-        if crossed(cfg.run.ckpt_every_images, images_after) or done_it == total_it:
+        if crossed(cfg.run.ckpt_every_images, images_after) or final:
             meta = {"iteration": done_it, "images": images_after, "world": world,
                     "zero_stage": cfg.engine.zero_stage, "backend": cfg.engine.backend, "time": time.time()}
             per_rank = {"ema": ema.state_dict(), "data": loader.state_dict() if loader is not None else None}
             hook = _kill_self if _fault("KILL_IN_CHECKPOINT", done_it) else None
             ckpt.save(ckpt_dir, done_it, meta, {"generator": gen, "fake": fake_eng}, per_rank, cfg.run.keep_last,
                       fault_hook=hook)
+        if final:
+            break
     logger.close()
     if run_dir is not None:
         _export(run_dir, ema, gen.module, rank)
     return {**last, "run_dir": str(run_dir) if run_dir else None, "memory": memory}
+
+
+def _past(deadline: float, world: int) -> bool:
+    """Whether the wall-clock budget is spent; rank 0 decides for all (one tiny all-reduce: a host sync per
+    iteration, only when ``run.max_minutes`` is set)."""
+    flag = torch.tensor([1.0 if time.monotonic() >= deadline else 0.0])
+    if world > 1 and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _log(logger: RunLogger, stats: Stats, gen, fake_eng, iteration: int, images: int, ph) -> dict:
