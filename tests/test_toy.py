@@ -1,5 +1,5 @@
 """The 2-D toy distils the 8-Gaussian ring: the fkl student moves from the teacher-fit start onto the ring and drops no
-mode; the CLI writes its PNG and rejects typos."""
+mode, js stays bounded (the c-term clip); the CLI writes its PNG and rejects typos."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ from fastui import cli
 from fastui.analytic import ring8
 from fastui.toy import ToyConfig, energy_distance, mode_coverage, train
 
-# Thresholds and why (measurements in /work/team/readme/toy.md): this short run (seed 0, one thread, deterministic)
-# measured energy distance 0.0130 (0.4204 at its start, i.e. with 0 generator steps) and per-mode fractions
-# 0.029..0.050; a dropped mode would hold ~0. The thresholds leave a factor ~2 of margin.
-SHORT = {"steps": 400, "pretrain_steps": 300, "n_eval": 2000, "batch": 256, "lr_gen": 3e-4}
-ED_MAX_SHORT = 0.03
-MIN_MODE_FRACTION_SHORT = 0.015
+# Thresholds and why (measurements in /work/team/readme/toy.md). The full run (2000 steps of 1024, ~60 s of CPU)
+# is what covers all 8 modes with >= 5% each; it is too long for the suite, so these short runs (seed 0, one thread,
+# deterministic) check the earlier stage with a factor ~2 of margin:
+# - fkl, 400 steps of 256 (~8 s of CPU): measured energy distance 0.0103 (0.42 at its start, i.e. with 0 generator
+#   steps) and per-mode fractions 0.036..0.059; a dropped mode would hold ~0.
+# - js, 200 steps of 1024 (~9 s of CPU): measured energy distance 0.056 with the default c_clip (0.42 at the start);
+#   without the clip (earlier settings) the generator runs away from the ring (energy distance 1.4 at step 200).
+SHORT = {"steps": 400, "pretrain_steps": 300, "n_eval": 2000, "batch": 256}
+ED_MAX_SHORT = 0.02
+MIN_MODE_FRACTION_SHORT = 0.018
+JS_SHORT = {"divergence": "js", "steps": 200, "pretrain_steps": 300, "n_eval": 2000, "batch": 1024}
+ED_MAX_JS_SHORT = 0.15
 
 
 def test_metrics_separate_a_good_student_from_a_collapsed_one():
@@ -38,6 +44,11 @@ def test_forward_kl_student_reaches_the_ring_and_drops_no_mode():
     result = train(ToyConfig(method="uni", divergence="fkl", **SHORT))
     assert min(result.mode_fractions) > MIN_MODE_FRACTION_SHORT, result.mode_fractions
     assert result.energy_distance < ED_MAX_SHORT
+
+
+def test_jensen_shannon_student_stays_on_the_ring_with_the_c_clip():
+    result = train(ToyConfig(method="uni", **JS_SHORT))
+    assert result.energy_distance < ED_MAX_JS_SHORT, result.energy_distance
 
 
 def test_cli_writes_png_and_reports(tmp_path, capsys):
