@@ -1,6 +1,6 @@
 """The 8-Gaussian toy trains through the engine (configs/toy_ring8.toml) as well as the standalone toy loop.
 
-Both get the same budget (400 generator steps of 256 samples after a 600-step DSM fit to the teacher) and are scored
+Both get the same budget (400 generator steps of 1024 samples after a 600-step DSM fit to the teacher) and are scored
 by energy distance to teacher samples (fastui.toy's metric, same evaluation seed). The engine's sample comes from its
 exported EMA generator (contract-2 checkpoint), so the export is exercised too.
 """
@@ -30,7 +30,7 @@ def test_ring8_through_engine_matches_toy_loop_energy_distance(tmp_path):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     r = subprocess.run([sys.executable, "-m", "fastui.train", "--config", "configs/toy_ring8.toml",
-                        f"--run.out_dir={tmp_path}", "--run.name=toy", f"--run.duration_images={STEPS * 256}",
+                        f"--run.out_dir={tmp_path}", "--run.name=toy", f"--run.duration_images={STEPS * 1024}",
                         "--run.progress=false", "--run.tensorboard=false"], env=env, check=False, capture_output=True, text=True,
                        timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,0 +1,349 @@
+"""The README's first command (``make demo`` / ``fastui demo``): distil the shipped Fashion-MNIST teacher into a
+one-step generator on the CPU, then compare teacher, initial and distilled generator.
+
+What it does (everything lands in ``--out``, default ``runs/demo``):
+
+1. distils ``--teacher`` (default ``demo``, :func:`fastui.teachers.load_teacher`) with the engine of
+   :mod:`fastui.train` and the settings of ``configs/demo_fmnist.toml`` for ``--minutes`` of wall-clock time
+   (the demo runs the engine's iteration itself, so it can stop on time); the EMA generator is exported to
+   ``distill/generator_ema/`` (a fastui checkpoint directory);
+2. samples the same ``--n`` seeds and class labels with the teacher (EDM's Heun sampler, 18 noise levels =
+   35 network evaluations), the initial generator (the teacher's weights, one step) and the distilled generator
+   (one step), and writes ``grid.png`` (:func:`fastui.eval.grid.side_by_side`, same seeds and labels per column);
+3. computes the FID of each against the Fashion-MNIST test-set reference statistics and writes ``results.md`` and
+   ``results.csv`` (FID, sampling wall time, images/s), printed at the end.
+
+Usage::
+
+    python -m fastui.demo [--out runs/demo] [--minutes 5] [--n 300] [--method uni] [--divergence fkl]
+                          [--teacher demo] [--ref STATS.npz] [--skip-fid] [--set section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo_fmnist.toml"
+DEFAULT_REF = Path(__file__).resolve().parent / "assets" / "fmnist_test_pad32_stats.npz"
+HEUN_STEPS = 18  # EDM's CIFAR-10 sampler: 18 noise levels, 2 * 18 - 1 = 35 network evaluations
+SAMPLE_SEED = 2026  # seed of the evaluation noise (independent of the training seed)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fastui demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="distillation config (TOML of fastui.train)")
+    p.add_argument("--teacher", default=None, help="teacher spec (default: the config's, i.e. 'demo')")
+    p.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget of the distillation (default 5)")
+    p.add_argument("--cpu-seconds", type=float, default=None,
+                   help="stop the distillation after this much process CPU time instead (fair comparisons on a "
+                        "shared machine)")
+    p.add_argument("--iterations", type=int, default=None, help="stop after this many iterations (smoke runs)")
+    p.add_argument("--method", default=None, help="distillation preset (uni, sid, dmd, fdistill, ...)")
+    p.add_argument("--divergence", default=None, help="divergence of uni / fdistill (fkl, jeffreys, rkl, ...)")
+    p.add_argument("--n", type=int, default=300, help="samples per model for FID (default 300)")
+    p.add_argument("--ref", default=str(DEFAULT_REF), help="FID reference statistics (.npz with mu, sigma)")
+    p.add_argument("--skip-fid", action="store_true", help="no FID (fast smoke run): grid and timings only")
+    p.add_argument("--grid-n", type=int, default=50, help="samples per grid panel (default 50: 5 per class)")
+    p.add_argument("--data", default=None,
+                   help="shard directory of real images for the GAN/ratio branches (default: made in OUT/shards "
+                        "from the Debian package dataset-fashion-mnist when the method needs it), or 'synthetic'")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="export the EMA generator every this many generated images to OUT/distill/snapshots/")
+    p.add_argument("--batch", type=int, default=100, help="sampling batch size")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra fastui.train config override (repeatable)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = OMP_NUM_THREADS, else the cores left idle by other processes)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars (one line per stage)")
+    return p.parse_args(argv)
+
+
+def _overrides(args: argparse.Namespace, out: Path) -> list[str]:
+    ov = [f"--run.out_dir={out}", "--run.name=distill", f"--run.seed={args.seed}", "--run.tensorboard=false",
+          "--run.progress=false", "--run.grid_every_images=0", "--run.ckpt_every_images=0"]
+    if args.teacher:
+        ov.append(f"--teacher.spec={args.teacher}")
+    if args.method:
+        ov.append(f"--loss.method={args.method}")
+        # the config's divergence belongs to its own method; presets without one must not inherit it
+        ov.append(f"--loss.divergence={args.divergence or ''}")
+    elif args.divergence:
+        ov.append(f"--loss.divergence={args.divergence}")
+    ov += [s if s.startswith("--") else f"--{s}" for s in args.set]
+    return ov
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """Threads for this process: ``requested``, else ``OMP_NUM_THREADS``, else the cores not busy with other jobs.
+
+    Why: on a shared machine, more OpenMP threads than idle cores spin and run many times slower than one thread.
+    """
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:  # no load average on this platform
+        busy = 0
+    return max(1, min(cores, cores - busy))
+
+
+def _ensure_data(cfg, args: argparse.Namespace, out: Path, needs_real: bool) -> None:
+    """Point ``data.source`` at real images when the method's GAN/ratio branches need them."""
+    if args.data:
+        cfg.data.source = args.data
+    if not needs_real or cfg.data.source == "synthetic" or (cfg.data.source and Path(cfg.data.source).exists()):
+        return
+    shards = out / "shards"
+    if not (shards / "manifest.json").is_file():
+        from .data import cli as data_cli
+
+        print(f"demo: writing 20,000 Fashion-MNIST training images as shards to {shards} (~30 s)", flush=True)
+        rc = data_cli.main(["fashion-mnist", "--out", str(shards), "--pad-to", "32", "--limit", "20000",
+                            "--workers", "0", "--overwrite"])
+        if rc != 0:
+            raise SystemExit(f"demo: could not write Fashion-MNIST shards (exit {rc}); install the Debian package "
+                             "dataset-fashion-mnist (make env does) or pass --data DIR")
+    cfg.data.source = str(shards)
+
+
+def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None, iterations: int | None = None,
+            progress: bool = True, snapshot_every_images: int = 0) -> dict:
+    """Run the engine's iterations until a budget is spent; export the EMA generator.
+
+    Args:
+        cfg, res: a validated :class:`fastui.train.config.Config` and its :func:`~fastui.train.config.resolve`.
+        minutes: wall-clock budget (None = none); cpu_seconds: process CPU-time budget (None = none);
+        iterations: iteration cap (None = ``run.duration_images / batch.global_size``).
+        progress: tqdm bar over the budget.
+        snapshot_every_images: also export the EMA generator to ``snapshots/<images>/`` this often (0 = never;
+            the trajectory of a long run).
+
+    Returns:
+        ``{"generator_dir", "iterations", "images", "wall_s", "cpu_s", "last": {logged statistics}}``.
+    """
+    from .teachers import save_checkpoint
+    from .train.run import run_dir_of, setup
+    from .train.schedule import ema_beta, phase
+    from .train.step import train_iteration
+
+    s = setup(cfg, res)
+    run_dir = run_dir_of(cfg, None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    max_it = iterations if iterations is not None else -(-cfg.run.duration_images // res.global_size)
+    wall_budget = minutes * 60 if minutes is not None else float("inf")
+    cpu_budget = cpu_seconds if cpu_seconds is not None else float("inf")
+    t0, c0 = time.perf_counter(), time.process_time()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = cpu_budget if cpu_seconds is not None else (wall_budget if minutes is not None else max_it)
+        unit = "cpu-s" if cpu_seconds is not None else ("s" if minutes is not None else "it")
+        bar = tqdm(total=round(total), unit=unit, desc="distil", dynamic_ncols=True)
+    every = res.global_size
+    last, it, writer = {}, 0, None
+    # the log is written as it goes, so a long run can be watched
+    with open(run_dir / "log.csv", "w", newline="") as log_file:
+        while it < max_it:
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if wall >= wall_budget or cpu >= cpu_budget:
+                break
+            images = it * every
+            ph = phase(images, cfg.schedule.warmup_images, cfg.schedule.ratio_start_images)
+            train_iteration(s.ctx, it, ph)
+            if ph.generator_step:
+                s.ema.update(ema_beta(images + every, every, cfg.ema.halflife_images, cfg.ema.rampup))
+            it += 1
+            if it % cfg.run.log_every == 0:
+                last = {k: round(v, 6) for k, v in s.ctx.stats.flush().items()}
+                for name, eng in (("g", s.gen), ("fake", s.fake)):
+                    norm = eng.grad_norm()
+                    if norm is not None:
+                        last[f"grad_norm_{name}"] = round(float(norm), 4)
+                row = {"iteration": it, "images": it * every, "wall_s": round(time.perf_counter() - t0, 2),
+                       "cpu_s": round(time.process_time() - c0, 2), **last}
+                if writer is None:
+                    writer = csv.DictWriter(log_file, fieldnames=list(row), extrasaction="ignore")
+                    writer.writeheader()
+                writer.writerow(row)
+                log_file.flush()
+            if snapshot_every_images and (it * every) // snapshot_every_images > ((it - 1) * every) // snapshot_every_images:
+                save_checkpoint(None, run_dir / "snapshots" / f"{it * every:09d}", arch=s.gen.module.arch,
+                                state_dict=s.ema.full_state_dict())
+            if bar is not None:
+                done = {"cpu-s": time.process_time() - c0, "s": time.perf_counter() - t0}.get(bar.unit, it)
+                bar.n = min(round(done), bar.total)
+                bar.set_postfix(it=it, loss_g=f"{last.get('loss_g', float('nan')):.3g}", refresh=False)
+                bar.refresh()
+    if bar is not None:
+        bar.close()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    gen_dir = save_checkpoint(None, run_dir / "generator_ema", arch=s.gen.module.arch,
+                              state_dict=s.ema.full_state_dict())
+    return {"generator_dir": str(gen_dir), "iterations": it, "images": it * every, "wall_s": wall, "cpu_s": cpu,
+            "last": last}
+
+
+def evaluation_draws(n: int, shape: tuple, label_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fixed evaluation noise and class-balanced labels (``i % label_dim``) shared by every model.
+
+    Shapes: returns z ``[n, *shape]`` and labels ``[n]`` int64 (None for unconditional networks).
+    """
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    z = torch.randn((n, *shape), generator=g)
+    labels = torch.arange(n) % label_dim if label_dim else None
+    return z, labels
+
+
+@torch.no_grad()
+def sample_all(fn, z: torch.Tensor, labels, batch: int, desc: str, progress: bool) -> tuple[torch.Tensor, float]:
+    """``fn(z_batch, labels_batch)`` over ``z`` in batches; returns (images [n, ...] clamped to [-1, 1], wall s)."""
+    starts = range(0, z.shape[0], batch)
+    if progress and len(starts) > 1:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    out = [fn(z[i:i + batch], None if labels is None else labels[i:i + batch]) for i in starts]
+    return torch.cat(out).clamp(-1, 1), time.perf_counter() - t0
+
+
+def _table(rows: list[dict], n: int | None, ref: str | None) -> str:
+    fid_head = f"FID (n = {n})" if n else "FID"
+    lines = [f"| model | sampler | NFE | {fid_head} | sampling wall time (s) | images/s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        fid = "skipped" if r["fid"] is None else f"{r['fid']:.2f}"
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {fid} | {r['wall_s']:.1f} | "
+                     f"{r['images_per_s']:.1f} |")
+    if ref:
+        lines.append("")
+        lines.append(f"FID reference: {ref} (Fashion-MNIST test set, zero-padded to 32x32); same {n} seeds and "
+                     "class labels for every model. Small-n FID is biased upwards: compare only at equal n.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo (see the module docstring); returns 0 on success, 2 on a bad input."""
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
+    from .train.config import ConfigError, load_config, resolve
+
+    out = Path(args.out)
+    progress = not args.no_progress
+    ref = None if args.skip_fid else Path(args.ref)
+    if ref is not None and not ref.is_file():
+        print(f"fastui demo: FID reference statistics {ref} are missing. Compute them once with\n"
+              f"    fastui eval --ref fmnist-test --out {ref}\n"
+              "(all 10,000 Fashion-MNIST test images, padded to 32x32; ~25 min on 2 CPU cores, under a minute on a "
+              "GPU), pass --ref PATH, or run with --skip-fid.", file=sys.stderr)
+        return 2
+    if not Path(args.config).is_file():
+        print(f"fastui demo: config {args.config} not found (run from the repository, or pass --config)",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config, _overrides(args, out))
+        res = resolve(cfg, 1)
+    except ConfigError as e:
+        print(f"fastui demo: {e}", file=sys.stderr)
+        return 2
+    try:
+        from .teachers import load_teacher
+
+        teacher = load_teacher(cfg.teacher.spec)
+    except Exception as e:  # noqa: BLE001 - any loading problem is one line for the user
+        print(f"fastui demo: cannot load teacher {cfg.teacher.spec!r}: {e}", file=sys.stderr)
+        return 2
+    threads = cpu_threads(args.threads)
+    torch.set_num_threads(threads)
+    cfg.engine.cpu_threads = threads
+    out.mkdir(parents=True, exist_ok=True)
+    _ensure_data(cfg, args, out, res.needs_disc)
+    teacher = teacher.eval().requires_grad_(False)
+    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    label_dim = int(teacher.label_dim or 0)
+    n_params = sum(p.numel() for p in teacher.parameters())
+    div = f" ({res.divergence})" if res.divergence and res.preset.form in ("uni", "fdistill") else ""
+    budget = (f"{args.cpu_seconds:g} CPU-s" if args.cpu_seconds is not None else f"{args.minutes:g} min") + \
+        (f", at most {args.iterations} iterations" if args.iterations is not None else "")
+    print(f"fastui demo: teacher {cfg.teacher.spec} ({n_params / 1e6:.2f}M parameters), method {res.preset.name}"
+          f"{div}, batch {res.global_size}, budget {budget}, {torch.get_num_threads()} CPU threads -> {out}",
+          flush=True)
+
+    run = distill(cfg, res, minutes=None if args.cpu_seconds is not None else args.minutes,
+                  cpu_seconds=args.cpu_seconds, iterations=args.iterations, progress=progress,
+                  snapshot_every_images=args.snapshot_every)
+    print(f"distilled: {run['iterations']} iterations, {run['images']} generated images in {run['wall_s']:.0f} s "
+          f"({run['cpu_s']:.0f} CPU-s, {run['images'] / max(run['wall_s'], 1e-9):.1f} images/s); generator -> "
+          f"{run['generator_dir']}",
+          flush=True)
+
+    from .sample import heun_sample, one_step
+    from .teachers import load_checkpoint
+
+    student = load_checkpoint(run["generator_dir"]).eval()
+    n = max(args.n, args.grid_n) if not args.skip_fid else args.grid_n
+    z, labels = evaluation_draws(n, shape, label_dim)
+    s0 = cfg.model.sigma_init
+    models = [
+        ("teacher", f"Heun, {HEUN_STEPS} steps", 2 * HEUN_STEPS - 1,
+         lambda zb, lb: heun_sample(teacher, zb, lb, num_steps=HEUN_STEPS)),
+        ("initial generator (teacher weights)", "one step", 1, lambda zb, lb: one_step(teacher, zb, lb, s0)),
+        (f"distilled generator ({res.preset.name}{div.replace(' (', ', ').rstrip(')')})", "one step", 1,
+         lambda zb, lb: one_step(student, zb, lb, s0)),
+    ]
+    net = None
+    if ref is not None:
+        from .eval.fid import InceptionFeatures, frechet_distance, load_stats, stats
+
+        ref_stats = load_stats(ref)
+        net = InceptionFeatures("cpu")
+    rows, panels = [], {}
+    for name, sampler, nfe, fn in models:
+        images, wall = sample_all(fn, z, labels, args.batch, f"sample {name.split(' (')[0]}", progress)
+        panels[f"{name.split(' (')[0]} ({nfe} NFE)"] = images[: args.grid_n]
+        fid = None
+        if net is not None:
+            feats = net.features_from_float(images[: args.n], progress=progress)
+            fid = frechet_distance(*stats(feats), ref_stats["mu"], ref_stats["sigma"])
+        rows.append({"model": name, "sampler": sampler, "nfe": nfe, "fid": fid, "n": args.n if fid is not None else 0,
+                     "wall_s": wall, "images_per_s": images.shape[0] / max(wall, 1e-9)})
+        print(f"  {name}: {sampler}, {nfe} NFE, {images.shape[0]} images in {wall:.1f} s"
+              + (f", FID {fid:.2f} (n = {args.n})" if fid is not None else ""), flush=True)
+
+    from .eval.grid import side_by_side
+
+    grid = side_by_side(panels, out / "grid.png", nrow=label_dim or None, scale=2)
+    table = _table(rows, None if ref is None else args.n, None if ref is None else str(ref))
+    header = (f"Distillation: {res.preset.name}{div}, teacher {cfg.teacher.spec}, {run['iterations']} iterations x "
+              f"batch {res.global_size} = {run['images']} generated images, {run['wall_s']:.0f} s wall "
+              f"({run['cpu_s']:.0f} CPU-s, {run['images'] / max(run['wall_s'], 1e-9):.1f} images/s).")
+    (out / "results.md").write_text(header + "\n\n" + table + "\n")
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "sampler", "nfe", "fid", "n", "wall_s", "images_per_s"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "fid": "" if r["fid"] is None else f"{r['fid']:.4f}", "wall_s": f"{r['wall_s']:.2f}",
+                        "images_per_s": f"{r['images_per_s']:.2f}"})
+    (out / "distill.json").write_text(json.dumps({k: v for k, v in run.items()}, indent=1))
+    print("\n" + header + "\n\n" + table + f"\n\ngrid: {grid}\ntables: {out / 'results.md'}, {out / 'results.csv'}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

