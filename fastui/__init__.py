@@ -17,14 +17,14 @@ from .ops import fake_score_loss, preset_loss, score_distill_loss
 __version__ = "0.1.0"
 
 __all__ = [
-    "divergences",
-    "ops",
-    "score_distill_loss",
-    "ScoreDistillLoss",
-    "preset_loss",
-    "fake_score_loss",
     "FakeScoreLoss",
+    "ScoreDistillLoss",
     "discriminator_loss",
+    "divergences",
+    "fake_score_loss",
     "gan_generator_loss",
     "log_density_ratio",
+    "ops",
+    "preset_loss",
+    "score_distill_loss",
 ]

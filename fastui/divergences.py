@@ -18,23 +18,23 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = [
+    "PRESETS",
     "Divergence",
     "Preset",
-    "register",
-    "get",
-    "names",
     "alpha",
-    "PRESETS",
+    "get",
     "get_preset",
+    "names",
     "preset_names",
+    "register",
 ]
 
 
@@ -53,9 +53,9 @@ class Divergence:
 
     name: str
     h: Fn
-    dh: Optional[Fn] = None
-    d2h: Optional[Fn] = None
-    f: Optional[Fn] = None
+    dh: Fn | None = None
+    d2h: Fn | None = None
+    f: Fn | None = None
     doc: str = ""
 
     def coefficients(self, r: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -124,11 +124,11 @@ def get(name: str | Divergence, **params: float) -> Divergence:
     if isinstance(name, Divergence):
         return name
     if not isinstance(name, str):
-        raise ValueError(f"divergence must be a name (str), got {type(name).__name__}")
+        raise ValueError(f"divergence must be a name (str), got {type(name).__name__}")  # noqa: TRY004 (API: ValueError)
     key = name.strip().lower()
     if key.startswith("alpha"):
         rest = key[len("alpha") :]
-        if rest.startswith(":") or rest.startswith("="):
+        if rest.startswith((":", "=")):
             try:
                 params = {"a": float(rest[1:])}
             except ValueError:
@@ -250,13 +250,13 @@ class Preset:
     name: str
     form: str
     alpha: float = 1.0
-    divergence: Optional[str] = None
+    divergence: str | None = None
     needs_ratio: bool = False
     gan: bool = False
     gan_weight: float = 0.0
     k_fake: int = 1
     sigma_g: str = "karras"
-    ratio_clip: Optional[tuple[float, float]] = None
+    ratio_clip: tuple[float, float] | None = None
     normalize_h: bool = False
     doc: str = ""
     distill_weight: float = 1.0

@@ -32,8 +32,7 @@ Example:
 from __future__ import annotations
 
 import math
-
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,28 +42,28 @@ from . import divergences as _div
 __all__ = [
     "Coefficients",
     "check_inputs",
-    "score_distill_coefficients",
-    "preset_coefficients",
-    "score_distill_core_reference",
-    "reduce_per_sample",
-    "score_distill_loss",
-    "preset_loss",
     "di_loss",
-    "dmd_loss",
-    "sid_loss",
-    "fdistill_loss",
-    "gan_generator_loss",
-    "fake_score_loss",
     "discriminator_loss",
-    "log_density_ratio",
+    "dmd_loss",
     "dmd_normalizer",
     "edm_loss_weight",
+    "fake_score_loss",
+    "fdistill_loss",
+    "gan_generator_loss",
+    "log_density_ratio",
+    "preset_coefficients",
+    "preset_loss",
+    "reduce_per_sample",
+    "score_distill_coefficients",
+    "score_distill_core_reference",
+    "score_distill_loss",
+    "sid_loss",
 ]
 
 WF_FLOOR = 1e-5  # floor of the DMD normaliser w_f = mean_pix |x_g - D_teacher|
 SIGMA_FLOOR = 1e-4  # floor of sigma wherever a power of it divides (fp32 safe: 1e-4^6 = 1e-24)
 
-Weighting = Union[str, torch.Tensor]
+Weighting = str | torch.Tensor
 
 
 class Coefficients(NamedTuple):
@@ -150,13 +149,13 @@ def accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def score_distill_coefficients(
     sigma: torch.Tensor,
-    log_ratio: Optional[torch.Tensor],
+    log_ratio: torch.Tensor | None,
     *,
     divergence="rkl",
     weighting: Weighting = "sid",
     log_ratio_clamp: float = 10.0,
     lambda_g: float = 100.0,
-    c_clip: Optional[float] = None,
+    c_clip: float | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Coefficients:
     """Coefficients of the unified loss of MATH §5 for ``sigma [B]`` and ``log_ratio [B]`` (``None``: r = 1).
@@ -197,12 +196,12 @@ def _weight_row(weight, sigma: torch.Tensor, dtype) -> torch.Tensor:
 def preset_coefficients(
     form: str,
     sigma: torch.Tensor,
-    log_ratio: Optional[torch.Tensor] = None,
+    log_ratio: torch.Tensor | None = None,
     *,
     alpha: float = 1.2,
     divergence="js",
     weight=1.0,
-    ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0),
+    ratio_clip: tuple[float, float] | None = (0.1, 20.0),
     log_ratio_clamp: float = 10.0,
     dtype: torch.dtype = torch.float32,
 ) -> Coefficients:
@@ -315,14 +314,14 @@ def score_distill_loss(
     d_teacher: torch.Tensor,
     d_fake: torch.Tensor,
     sigma,
-    log_ratio: Optional[torch.Tensor] = None,
+    log_ratio: torch.Tensor | None = None,
     *,
     divergence="rkl",
     weighting: Weighting = "sid",
     log_ratio_clamp: float = 10.0,
     reduction: str = "mean",
     lambda_g: float = 100.0,
-    c_clip: Optional[float] = None,
+    c_clip: float | None = None,
     return_stats: bool = False,
 ):
     """The unified Uni-Instruct generator loss of MATH §5 (pure-torch reference).
@@ -477,7 +476,7 @@ def log_density_ratio(
     logits: torch.Tensor,
     *,
     clamp: float = 10.0,
-    clip: Optional[tuple[float, float]] = None,
+    clip: tuple[float, float] | None = None,
     self_normalize: bool = False,
     all_reduce: bool = False,
     process_group=None,
@@ -501,8 +500,8 @@ def log_density_ratio(
     return lr
 
 
-def gan_generator_loss(logits: torch.Tensor, x_g: Optional[torch.Tensor] = None,
-                       d_teacher: Optional[torch.Tensor] = None, *, weight: float = 0.01) -> torch.Tensor:
+def gan_generator_loss(logits: torch.Tensor, x_g: torch.Tensor | None = None,
+                       d_teacher: torch.Tensor | None = None, *, weight: float = 0.01) -> torch.Tensor:
     """Non-saturating GAN generator term ``weight * softplus(-l(x_t))`` (per-sample patch-mean logits).
 
     If ``x_g`` and ``d_teacher`` are given, each sample is scaled by ``d / w_f`` as in SiDA (``d = C*H*W``).

@@ -84,7 +84,7 @@ def test_deepspeed_json_contradicting_the_batch_config_is_an_error(tmp_path):
     cfg = load_config(TOY, ["--engine.backend=deepspeed", f"--engine.deepspeed_config={ds}"])
     with pytest.raises(ConfigError, match="train_batch_size"):
         deepspeed_config(cfg, resolve(cfg, 1))
-    ds.write_text(json.dumps({"train_batch_size": 256, "zero_optimization": {"overlap_comm": True}}))
+    ds.write_text(json.dumps({"train_batch_size": cfg.batch.global_size, "zero_optimization": {"overlap_comm": True}}))
     merged = deepspeed_config(cfg, resolve(cfg, 1))
     assert merged["zero_optimization"] == {"stage": 0, "overlap_comm": True}
 

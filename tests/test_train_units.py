@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,8 @@ from fastui.train.config import Config, resolve
 from fastui.train.engines import _GradGuard
 from fastui.train.schedule import ema_beta, karras_sigma, phase, sample_sigma
 from fastui.train.step import Draws, Stats
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
 
 
 def test_karras_levels_with_t_max_800_span_0_002_to_24_4():
@@ -115,7 +118,10 @@ def test_max_minutes_stops_early_and_still_exports(tmp_path):
     cmd = [sys.executable, "-m", "fastui.train", "--config", "configs/toy_ring8.toml", f"--run.out_dir={out}",
            "--run.name=budget", "--run.duration_images=100000000", "--run.max_minutes=0.0001",
            "--model.pretrain_steps=1", "--run.progress=false", "--run.tensorboard=false"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).parent.parent))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}  # other tests' rendezvous
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=str(ROOT_DIR),
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = out / "budget"
     assert (run / "generator_ema" / "arch.json").exists()

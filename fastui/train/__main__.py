@@ -20,9 +20,9 @@ import sys
 if not __package__:  # script form: drop fastui/train from sys.path, its logging.py would shadow the stdlib's
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from fastui.train.config import ConfigError, describe, load_config, resolve  # noqa: E402 (absolute: script form)
+from fastui.train.config import ConfigError, describe, load_config, resolve
 
 USAGE = __doc__.split("Usage::", 1)[1].split("Everything", 1)[0]
 
