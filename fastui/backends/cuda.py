@@ -15,8 +15,7 @@ import torch
 
 NAME = "cuda"
 
-# dtype codes of csrc/fastui_native.h (enum DType)
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+from .cpp import _DTYPE_CODES, _dtype_reasons  # one dtype table (csrc/fastui_native.h) for both native modules
 
 _module = None
 _import_error: str | None = None
@@ -73,14 +72,7 @@ def unavailable_reasons(x_g: torch.Tensor, d_teacher: torch.Tensor, d_fake: torc
         if not arch_supported(cap, getattr(_module, "ARCHS", "")):
             out.append(f"fastui._C_cuda has no code for compute capability {cap[0]}.{cap[1]} (built for "
                        f"{_module.ARCHS!r}; rebuild with FASTUI_CUDA_ARCHS)")
-    dtypes = {t.dtype for t in (x_g, d_teacher, d_fake)}
-    for dt in sorted(dtypes, key=str):
-        if dt not in _DTYPE_CODES:
-            out.append(f"dtype {str(dt).replace('torch.', '')} unsupported (native backends take fp32/bf16/fp16; "
-                       "the torch backend handles it)")
-    if len(dtypes) > 1:
-        out.append("inputs of mixed dtypes (the ops layer unifies them)")
-    return out
+    return out + _dtype_reasons(x_g, d_teacher, d_fake)
 
 
 def arch_supported(capability: tuple[int, int], archs: str) -> bool:
