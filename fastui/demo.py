@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from .cpu import pick_threads
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo_fmnist.toml"
@@ -82,23 +83,6 @@ def _overrides(args: argparse.Namespace, out: Path) -> list[str]:
         ov.append(f"--loss.divergence={args.divergence}")
     ov += [s if s.startswith("--") else f"--{s}" for s in args.set]
     return ov
-
-
-def cpu_threads(requested: int = 0) -> int:
-    """Threads for this process: ``requested``, else ``OMP_NUM_THREADS``, else the cores not busy with other jobs.
-
-    Why: on a shared machine, more OpenMP threads than idle cores spin and run many times slower than one thread.
-    """
-    if requested > 0:
-        return requested
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"])
-    cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except OSError:  # no load average on this platform
-        busy = 0
-    return max(1, min(cores, cores - busy))
 
 
 def _ensure_data(cfg, args: argparse.Namespace, out: Path, needs_real: bool) -> None:
@@ -268,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - any loading problem is one line for the user
         print(f"fastui demo: cannot load teacher {cfg.teacher.spec!r}: {e}", file=sys.stderr)
         return 2
-    threads = cpu_threads(args.threads)
+    threads = pick_threads(args.threads)
     torch.set_num_threads(threads)
     cfg.engine.cpu_threads = threads
     out.mkdir(parents=True, exist_ok=True)

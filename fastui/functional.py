@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -347,48 +348,87 @@ def score_distill_loss(
     Returns:
         The loss (a scalar, or ``[B]`` for ``reduction="none"``), and the stats dict if asked.
     """
+    return uni_loss_with(score_distill_core_reference, x_g, d_teacher, d_fake, sigma, log_ratio,
+                         divergence=divergence, weighting=weighting, log_ratio_clamp=log_ratio_clamp,
+                         reduction=reduction, lambda_g=lambda_g, c_clip=c_clip, return_stats=return_stats)
+
+
+# The plumbing shared with the fused twins in fastui.ops: validation, coefficients, reduction, around a core
+# ``core(x_g, d_teacher, d_fake, coeffs) -> (loss [B], valid [B])`` (the reference here, a dispatched op there).
+CoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Coefficients], tuple]
+
+
+def _finish(loss: torch.Tensor, valid: torch.Tensor, reduction: str, return_stats: bool):
+    out = reduce_per_sample(loss, valid, reduction)
+    return (out, _stats(valid)) if return_stats else out
+
+
+def uni_loss_with(core: CoreFn, x_g, d_teacher, d_fake, sigma, log_ratio=None, *, divergence="rkl",
+                  weighting: Weighting = "sid", log_ratio_clamp: float = 10.0, reduction: str = "mean",
+                  lambda_g: float = 100.0, c_clip: float | None = None, return_stats: bool = False):
+    """:func:`score_distill_loss` around the per-sample ``core`` (arguments as there)."""
     sigma, log_ratio = check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio)
     _check_reduction(reduction)
     coeffs = score_distill_coefficients(
         sigma, log_ratio, divergence=divergence, weighting=weighting, log_ratio_clamp=log_ratio_clamp,
         lambda_g=lambda_g, c_clip=c_clip, dtype=accumulation_dtype(x_g, d_teacher, d_fake, sigma),
     )
-    loss, valid = score_distill_core_reference(x_g, d_teacher, d_fake, coeffs)
-    out = reduce_per_sample(loss, valid, reduction)
-    return (out, _stats(valid)) if return_stats else out
+    return _finish(*core(x_g, d_teacher, d_fake, coeffs), reduction, return_stats)
 
 
-def _preset_form_loss(form, x_g, d_teacher, d_fake, sigma, log_ratio, reduction, return_stats, **kw):
-    sigma, log_ratio = check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio)
+def form_loss_with(core: CoreFn, form: str, x_g, d_teacher, d_fake, log_ratio, reduction: str, return_stats: bool,
+                   **kw):
+    """The loss of a preset form (``di, dmd, sid, fdistill``) around ``core``; ``kw``: :func:`preset_coefficients`."""
+    sigma, log_ratio = check_inputs(x_g, d_teacher, d_fake, 1.0, log_ratio)
     _check_reduction(reduction)
     coeffs = preset_coefficients(form, sigma, log_ratio, dtype=accumulation_dtype(x_g, d_teacher, d_fake), **kw)
-    loss, valid = score_distill_core_reference(x_g, d_teacher, d_fake, coeffs)
-    out = reduce_per_sample(loss, valid, reduction)
-    return (out, _stats(valid)) if return_stats else out
+    return _finish(*core(x_g, d_teacher, d_fake, coeffs), reduction, return_stats)
+
+
+def preset_loss_with(core: CoreFn, method, x_g, d_teacher, d_fake, sigma, log_ratio=None, *, divergence=None,
+                     lambda_g: float = 100.0, reduction: str = "mean", return_stats: bool = False, **overrides):
+    """:func:`preset_loss` around ``core`` (arguments as there)."""
+    check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio)  # same errors for every method, used or not
+    p = method if isinstance(method, _div.Preset) else _div.get_preset(method)
+    div = divergence or p.divergence
+    scale = p.distill_weight
+    common = {"reduction": reduction, "return_stats": return_stats}
+    if p.form == "uni":
+        return uni_loss_with(core, x_g, d_teacher, d_fake, sigma, log_ratio, divergence=div, weighting="sid",
+                             lambda_g=lambda_g * scale, **common, **overrides)
+    if p.form == "sid":
+        return form_loss_with(core, "sid", x_g, d_teacher, d_fake, None, weight=lambda_g * scale,
+                              alpha=overrides.get("alpha", p.alpha), **common)
+    if p.form == "fdistill":
+        return form_loss_with(core, "fdistill", x_g, d_teacher, d_fake, log_ratio, weight=scale, divergence=div,
+                              ratio_clip=overrides.get("ratio_clip", p.ratio_clip), log_ratio_clamp=10.0, **common)
+    return form_loss_with(core, p.form, x_g, d_teacher, d_fake, None, weight=scale, **common)
 
 
 def di_loss(x_g, d_teacher, d_fake, *, weight=1.0, reduction="mean", return_stats=False):
     """Diff-Instruct: per sample ``sum_pix sg(-(D_teacher - D_fake)) x_g`` (denoisers detached)."""
-    return _preset_form_loss("di", x_g, d_teacher, d_fake, 1.0, None, reduction, return_stats, weight=weight)
+    return form_loss_with(score_distill_core_reference, "di", x_g, d_teacher, d_fake, None, reduction, return_stats,
+                          weight=weight)
 
 
 def dmd_loss(x_g, d_teacher, d_fake, *, weight=1.0, reduction="mean", return_stats=False):
     """DMD: gradient ``-(D_teacher - D_fake) / w_f`` on ``x_g`` per sample (denoisers detached)."""
-    return _preset_form_loss("dmd", x_g, d_teacher, d_fake, 1.0, None, reduction, return_stats, weight=weight)
+    return form_loss_with(score_distill_core_reference, "dmd", x_g, d_teacher, d_fake, None, reduction, return_stats,
+                          weight=weight)
 
 
 def sid_loss(x_g, d_teacher, d_fake, *, alpha=1.2, weight=100.0, reduction="mean", return_stats=False):
     """SiD(alpha): ``weight * (S + (1 - alpha) F) / w_f`` per sample, denoisers NOT detached (alpha = 1: SIM)."""
-    return _preset_form_loss("sid", x_g, d_teacher, d_fake, 1.0, None, reduction, return_stats, weight=weight,
-                             alpha=alpha)
+    return form_loss_with(score_distill_core_reference, "sid", x_g, d_teacher, d_fake, None, reduction, return_stats,
+                          weight=weight, alpha=alpha)
 
 
 def fdistill_loss(x_g, d_teacher, d_fake, log_ratio, *, divergence="js", ratio_clip=(0.1, 20.0), weight=1.0,
                   log_ratio_clamp=10.0, reduction="mean", return_stats=False):
     """f-distill: gradient ``-h~(r) (D_teacher - D_fake) / w_f`` on ``x_g``; ``h~ = h / mean_batch(h)``, r clipped."""
-    return _preset_form_loss("fdistill", x_g, d_teacher, d_fake, 1.0, log_ratio, reduction, return_stats,
-                             weight=weight, divergence=divergence, ratio_clip=ratio_clip,
-                             log_ratio_clamp=log_ratio_clamp)
+    return form_loss_with(score_distill_core_reference, "fdistill", x_g, d_teacher, d_fake, log_ratio, reduction,
+                          return_stats, weight=weight, divergence=divergence, ratio_clip=ratio_clip,
+                          log_ratio_clamp=log_ratio_clamp)
 
 
 def preset_loss(method, x_g, d_teacher, d_fake, sigma, log_ratio=None, *, divergence=None, lambda_g=100.0,
@@ -401,23 +441,9 @@ def preset_loss(method, x_g, d_teacher, d_fake, sigma, log_ratio=None, *, diverg
         lambda_g: scale of the SiD-family losses (``sid``, ``sim``, ``sida``, ``uni``).
         overrides: e.g. ``alpha=`` for ``sid``.
     """
-    check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio)  # same errors for every method, used or not
-    p = method if isinstance(method, _div.Preset) else _div.get_preset(method)
-    div = divergence or p.divergence
-    scale = p.distill_weight
-    if p.form == "uni":
-        return score_distill_loss(x_g, d_teacher, d_fake, sigma, log_ratio, divergence=div, weighting="sid",
-                                  lambda_g=lambda_g * scale, reduction=reduction, return_stats=return_stats,
-                                  **overrides)
-    if p.form == "sid":
-        return sid_loss(x_g, d_teacher, d_fake, alpha=overrides.get("alpha", p.alpha), weight=lambda_g * scale,
-                        reduction=reduction, return_stats=return_stats)
-    if p.form == "fdistill":
-        return fdistill_loss(x_g, d_teacher, d_fake, log_ratio, divergence=div, weight=scale,
-                             ratio_clip=overrides.get("ratio_clip", p.ratio_clip), reduction=reduction,
-                             return_stats=return_stats)
-    fn = di_loss if p.form == "di" else dmd_loss
-    return fn(x_g, d_teacher, d_fake, weight=scale, reduction=reduction, return_stats=return_stats)
+    return preset_loss_with(score_distill_core_reference, method, x_g, d_teacher, d_fake, sigma, log_ratio,
+                            divergence=divergence, lambda_g=lambda_g, reduction=reduction, return_stats=return_stats,
+                            **overrides)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import backends as _backends
-from . import divergences as _div
 from . import functional as _F
 from .functional import Coefficients, Weighting
 
@@ -162,11 +163,6 @@ def dsm_core(d_fake: Tensor, x_g: Tensor, lam: Tensor, backend: str | None = Non
     return loss, valid
 
 
-def _finish(loss: Tensor, valid: Tensor, reduction: str, return_stats: bool):
-    out = _F.reduce_per_sample(loss, valid, reduction)
-    return (out, {"n_nonfinite": (~valid).sum(), "valid": valid}) if return_stats else out
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Public losses (same signatures as fastui.functional, plus ``backend=``)
 # --------------------------------------------------------------------------------------------------------------------
@@ -215,46 +211,39 @@ def score_distill_loss(
     Returns:
         The loss (a scalar, or ``[B]`` for ``reduction="none"``), and the stats dict if asked.
     """
-    sigma, log_ratio = _F.check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio)
-    _F._check_reduction(reduction)
-    coeffs = _F.score_distill_coefficients(
-        sigma, log_ratio, divergence=divergence, weighting=weighting, log_ratio_clamp=log_ratio_clamp,
-        lambda_g=lambda_g, c_clip=c_clip, dtype=_F.accumulation_dtype(x_g, d_teacher, d_fake, sigma),
-    )
-    loss, valid = score_distill_core(x_g, d_teacher, d_fake, coeffs, backend)
-    return _finish(loss, valid, reduction, return_stats)
+    return _F.uni_loss_with(_core(backend), x_g, d_teacher, d_fake, sigma, log_ratio, divergence=divergence,
+                            weighting=weighting, log_ratio_clamp=log_ratio_clamp, reduction=reduction,
+                            lambda_g=lambda_g, c_clip=c_clip, return_stats=return_stats)
 
 
-def _form_loss(form, x_g, d_teacher, d_fake, log_ratio, reduction, return_stats, backend, **kw):
-    sigma, log_ratio = _F.check_inputs(x_g, d_teacher, d_fake, 1.0, log_ratio)
-    _F._check_reduction(reduction)
-    coeffs = _F.preset_coefficients(form, sigma, log_ratio, dtype=_F.accumulation_dtype(x_g, d_teacher, d_fake),
-                                    **kw)
-    loss, valid = score_distill_core(x_g, d_teacher, d_fake, coeffs, backend)
-    return _finish(loss, valid, reduction, return_stats)
+def _core(backend: str | None) -> _F.CoreFn:
+    return functools.partial(score_distill_core, backend=backend)
 
 
 def di_loss(x_g, d_teacher, d_fake, *, weight=1.0, reduction="mean", return_stats=False, backend=None):
     """Diff-Instruct (fused twin of :func:`fastui.functional.di_loss`)."""
-    return _form_loss("di", x_g, d_teacher, d_fake, None, reduction, return_stats, backend, weight=weight)
+    return _F.form_loss_with(_core(backend), "di", x_g, d_teacher, d_fake, None, reduction, return_stats,
+                             weight=weight)
 
 
 def dmd_loss(x_g, d_teacher, d_fake, *, weight=1.0, reduction="mean", return_stats=False, backend=None):
     """DMD (fused twin of :func:`fastui.functional.dmd_loss`)."""
-    return _form_loss("dmd", x_g, d_teacher, d_fake, None, reduction, return_stats, backend, weight=weight)
+    return _F.form_loss_with(_core(backend), "dmd", x_g, d_teacher, d_fake, None, reduction, return_stats,
+                             weight=weight)
 
 
 def sid_loss(x_g, d_teacher, d_fake, *, alpha=1.2, weight=100.0, reduction="mean", return_stats=False, backend=None):
     """SiD(alpha) (fused twin of :func:`fastui.functional.sid_loss`)."""
-    return _form_loss("sid", x_g, d_teacher, d_fake, None, reduction, return_stats, backend, weight=weight,
-                      alpha=alpha)
+    return _F.form_loss_with(_core(backend), "sid", x_g, d_teacher, d_fake, None, reduction, return_stats,
+                             weight=weight, alpha=alpha)
 
 
 def fdistill_loss(x_g, d_teacher, d_fake, log_ratio, *, divergence="js", ratio_clip=(0.1, 20.0), weight=1.0,
                   log_ratio_clamp=10.0, reduction="mean", return_stats=False, backend=None):
     """f-distill (fused twin of :func:`fastui.functional.fdistill_loss`)."""
-    return _form_loss("fdistill", x_g, d_teacher, d_fake, log_ratio, reduction, return_stats, backend,
-                      weight=weight, divergence=divergence, ratio_clip=ratio_clip, log_ratio_clamp=log_ratio_clamp)
+    return _F.form_loss_with(_core(backend), "fdistill", x_g, d_teacher, d_fake, log_ratio, reduction, return_stats,
+                             weight=weight, divergence=divergence, ratio_clip=ratio_clip,
+                             log_ratio_clamp=log_ratio_clamp)
 
 
 def preset_loss(method, x_g, d_teacher, d_fake, sigma, log_ratio=None, *, divergence=None, lambda_g=100.0,
@@ -268,22 +257,9 @@ def preset_loss(method, x_g, d_teacher, d_fake, sigma, log_ratio=None, *, diverg
         backend: explicit backend name, or ``None``.
         overrides: e.g. ``alpha=`` for ``sid``, ``ratio_clip=`` for ``fdistill``.
     """
-    _F.check_inputs(x_g, d_teacher, d_fake, sigma, log_ratio)  # same errors for every method, used or not
-    p = method if isinstance(method, _div.Preset) else _div.get_preset(method)
-    div = divergence or p.divergence
-    scale = p.distill_weight
-    common = {"reduction": reduction, "return_stats": return_stats, "backend": backend}
-    if p.form == "uni":
-        return score_distill_loss(x_g, d_teacher, d_fake, sigma, log_ratio, divergence=div, weighting="sid",
-                                  lambda_g=lambda_g * scale, **common, **overrides)
-    if p.form == "sid":
-        return sid_loss(x_g, d_teacher, d_fake, alpha=overrides.get("alpha", p.alpha), weight=lambda_g * scale,
-                        **common)
-    if p.form == "fdistill":
-        return fdistill_loss(x_g, d_teacher, d_fake, log_ratio, divergence=div, weight=scale,
-                             ratio_clip=overrides.get("ratio_clip", p.ratio_clip), **common)
-    fn = di_loss if p.form == "di" else dmd_loss
-    return fn(x_g, d_teacher, d_fake, weight=scale, **common)
+    return _F.preset_loss_with(_core(backend), method, x_g, d_teacher, d_fake, sigma, log_ratio,
+                               divergence=divergence, lambda_g=lambda_g, reduction=reduction,
+                               return_stats=return_stats, **overrides)
 
 
 def fake_score_loss(d_fake, x_g, sigma, *, sigma_data=0.5, reduction="mean", return_stats=False, backend=None):
@@ -297,4 +273,4 @@ def fake_score_loss(d_fake, x_g, sigma, *, sigma_data=0.5, reduction="mean", ret
     _F._check_reduction(reduction)
     lam = _F.edm_loss_weight(sigma, sigma_data)  # NaN sigma -> NaN lam -> the backend excludes the sample
     loss, valid = dsm_core(d_fake, x_g, lam, backend)
-    return _finish(loss, valid, reduction, return_stats)
+    return _F._finish(loss, valid, reduction, return_stats)
