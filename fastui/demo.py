@@ -17,6 +17,7 @@ Usage::
 
     python -m fastui.demo [--out runs/demo] [--minutes 5] [--n 300] [--method uni] [--divergence fkl]
                           [--teacher demo] [--ref STATS.npz] [--skip-fid] [--set section.key=value ...]
+    python -m fastui.demo --fid-of teacher initial runs/demo/distill/generator_ema [--n 300]   # FID only
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0 = OMP_NUM_THREADS, else the cores left idle by other processes)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (one line per stage)")
+    p.add_argument("--fid-of", nargs="+", metavar="MODEL", default=None,
+                   help="no training: FID (--n, the demo's evaluation draws, --ref) of each MODEL: a one-step "
+                        "generator checkpoint directory (e.g. OUT/distill/generator_ema or a snapshot), 'teacher' "
+                        "(Heun, 18 steps) or 'initial' (the teacher's weights in one step)")
     return p.parse_args(argv)
 
 
@@ -221,9 +226,51 @@ def _table(rows: list[dict], n: int | None, ref: str | None) -> str:
     return "\n".join(lines)
 
 
+def fid_of(models: list[str], *, teacher_spec: str, n: int, ref: Path, sigma_init: float = 2.5, batch: int = 100,
+           progress: bool = True) -> list[tuple[str, float]]:
+    """FID of each model with the demo's evaluation draws (:func:`evaluation_draws`) against ``ref``.
+
+    Args:
+        models: one-step generator checkpoint directories, ``"teacher"`` (Heun, 18 steps) or ``"initial"``.
+        teacher_spec: the teacher for ``"teacher"`` / ``"initial"`` (and the image shape).
+
+    Returns:
+        ``[(model, fid), ...]`` in order.
+    """
+    from .eval.fid import InceptionFeatures, frechet_distance, load_stats, stats
+    from .sample import heun_sample, one_step
+    from .teachers import load_checkpoint, load_teacher
+
+    teacher = load_teacher(teacher_spec).eval().requires_grad_(False)
+    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    z, labels = evaluation_draws(n, shape, int(teacher.label_dim or 0))
+    ref_stats, net, out = load_stats(ref), InceptionFeatures("cpu"), []
+    for m in models:
+        if m == "teacher":
+            fn = lambda zb, lb: heun_sample(teacher, zb, lb, num_steps=HEUN_STEPS)
+        else:
+            gen = teacher if m == "initial" else load_checkpoint(m).eval()
+            fn = lambda zb, lb, gen=gen: one_step(gen, zb, lb, sigma_init)
+        images, _ = sample_all(fn, z, labels, batch, f"sample {Path(m).name}", progress)
+        fid = frechet_distance(*stats(net.features_from_float(images, progress=progress)), ref_stats["mu"],
+                               ref_stats["sigma"])
+        print(f"{m}: FID {fid:.2f} (n = {n})", flush=True)
+        out.append((m, fid))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo (see the module docstring); returns 0 on success, 2 on a bad input."""
     args = _parse(list(sys.argv[1:] if argv is None else argv))
+    if args.fid_of:
+        missing = [m for m in args.fid_of if m not in ("teacher", "initial") and not Path(m).is_dir()]
+        if missing or not Path(args.ref).is_file():
+            print(f"fastui demo: --fid-of: not found: {', '.join(missing) or args.ref}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(pick_threads(args.threads))
+        fid_of(args.fid_of, teacher_spec=args.teacher or "demo", n=args.n, ref=Path(args.ref), batch=args.batch,
+               progress=not args.no_progress)
+        return 0
     from .train.config import ConfigError, load_config, resolve
 
     out = Path(args.out)

@@ -102,3 +102,14 @@ def test_demo_fid_is_zero_for_the_teacher_against_its_own_sample_statistics(tiny
     assert fids[1] > 1.0 and fids[2] > 1.0
     assert np.isfinite(fids).all()
     assert f"FID (n = {n})" in (out / "results.md").read_text()
+    # --fid-of (no training) uses the same draws: the teacher is ~0 again, the distilled generator matches the table
+    found = demo.fid_of(["teacher", str(out / "distill" / "generator_ema")], teacher_spec=str(tiny_teacher), n=n,
+                        ref=ref, progress=False)
+    assert found[0][1] < 1e-3
+    assert abs(found[1][1] - fids[2]) < 1e-6 * max(1.0, fids[2])
+
+
+def test_demo_fid_of_a_missing_generator_exits_2_before_loading_anything(tmp_path, capsys):
+    rc = demo.main(["--fid-of", "teacher", str(tmp_path / "nope"), "--no-progress"])
+    assert rc == 2
+    assert "nope" in capsys.readouterr().err

@@ -128,7 +128,8 @@ class Engine:
         self.kind = cfg.engine.backend
         self.grad_accum = res.grad_accum
         self.micro_steps = 0
-        fused = cfg.optim.fused and device.type == "cuda"
+        # torch's fused Adam (one kernel per parameter group) runs on CUDA and, since torch 2.4, on the CPU
+        fused = cfg.optim.fused and device.type in ("cuda", "cpu")
         opt = torch.optim.Adam(module.parameters(), lr=lr, betas=(float(cfg.optim.beta1), float(cfg.optim.beta2)),
                                eps=res.eps, **({"fused": True} if fused else {}))
         self.guard = _GradGuard(module.parameters(), device, grad_clip)
