@@ -15,7 +15,7 @@ What it does (everything lands in ``--out``, default ``runs/demo``):
 
 Usage::
 
-    python -m fastui.demo [--out runs/demo] [--minutes 5] [--n 300] [--method uni] [--divergence fkl]
+    python -m fastui.demo [--out runs/demo] [--minutes 12] [--n 300] [--method uni] [--divergence fkl]
                           [--teacher demo] [--ref STATS.npz] [--skip-fid] [--set section.key=value ...]
     python -m fastui.demo --fid-of teacher initial runs/demo/distill/generator_ema [--n 300]   # FID only
 """
@@ -45,7 +45,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="distillation config (TOML of fastui.train)")
     p.add_argument("--teacher", default=None, help="teacher spec (default: the config's, i.e. 'demo')")
-    p.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget of the distillation (default 5)")
+    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget of the distillation (default 12)")
     p.add_argument("--cpu-seconds", type=float, default=None,
                    help="stop the distillation after this much process CPU time instead (fair comparisons on a "
                         "shared machine)")

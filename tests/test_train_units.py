@@ -135,3 +135,31 @@ def test_negative_max_minutes_is_a_config_error():
 
     with pytest.raises(ConfigError, match="max_minutes"):
         resolve(load_config("configs/toy_ring8.toml", ["--run.max_minutes=-1"]), 1)
+
+
+@pytest.mark.parametrize("teacher_bf16", [True, False])
+def test_bf16_autocast_keeps_the_frozen_teacher_in_bf16_with_the_same_outputs(teacher_bf16):
+    """model.teacher_bf16 stores the teacher's weights in bf16 under bf16 autocast (torch backend): autocast would
+    cast the same weights to bf16 in every forward anyway, so the denoiser output may differ only by fp32 rounding
+    (far below bf16's resolution of 2^-8)."""
+    from fastui import networks
+    from fastui.train.engines import build_engines
+
+    arch = networks.tiny_arch({"model": "SongUNet", "img_resolution": 16, "img_channels": 1, "label_dim": 0,
+                               "sigma_data": 0.5, "precond": "edm", "kwargs": {}})
+    torch.manual_seed(0)
+    teacher = networks.build(arch).eval().requires_grad_(False)
+    reference = networks.build(arch).eval().requires_grad_(False)
+    reference.load_state_dict(teacher.state_dict())
+    cfg = Config()
+    cfg.engine.backend, cfg.engine.autocast_bf16, cfg.model.teacher_bf16 = "torch", True, teacher_bf16
+    cfg.batch.global_size = cfg.batch.micro = 2
+    res = resolve(cfg, 1)
+    engine, _, _ = build_engines(cfg, res, teacher, networks.build(arch), networks.build(arch), torch.device("cpu"))
+    dtypes = {p.dtype for p in engine.module.parameters()}
+    assert dtypes == ({torch.bfloat16} if teacher_bf16 else {torch.float32})
+    x, sigma = torch.randn(2, 1, 16, 16), torch.tensor([0.3, 2.0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = engine(x, sigma), reference(x, sigma)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

@@ -64,6 +64,7 @@ class ModelConfig:
     activation_checkpointing: list = field(default_factory=list)  # networks to checkpoint: teacher, fake, generator
     compile: bool = False  # torch.compile the three networks
     channels_last: bool = False  # channels_last memory format for image networks
+    teacher_bf16: bool = True  # bf16 autocast on the torch backend: keep the frozen teacher's weights in bf16
 
 
 @dataclass

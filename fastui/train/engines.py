@@ -173,7 +173,7 @@ class Engine:
         if self.micro_steps % self.grad_accum == 0:
             grads = [p.grad for p in self.module.parameters() if p.grad is not None]
             if grads:
-                self._grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                self._grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
@@ -267,6 +267,11 @@ class FrozenTeacher:
         elif cfg.engine.backend == "deepspeed" and cfg.engine.precision in ("bf16", "fp16") and has_params:
             dtype = torch.bfloat16 if cfg.engine.precision == "bf16" else torch.float16
             self.module = module.to(dtype)  # same storage precision as DeepSpeed's trained copies
+        elif cfg.engine.backend == "torch" and has_params and cfg.model.teacher_bf16 and (
+                cfg.engine.autocast_bf16 or cfg.engine.precision == "bf16"):
+            # Autocast re-casts the weights of a frozen network in every forward (its cast cache holds only
+            # parameters that require grad); stored in bf16 they are cast once, here.
+            self.module = module.to(torch.bfloat16)
 
     def __call__(self, *args, **kwargs):
         # Call the module itself: ZeRO-3's gather hooks live on the module, and the engine's forward would
