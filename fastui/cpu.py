@@ -1,11 +1,11 @@
-"""CPU threads for a process on a possibly shared machine."""
+"""CPU facts for a training process: threads on a possibly shared machine, native bf16."""
 
 from __future__ import annotations
 
 import os
 import time
 
-__all__ = ["idle_cores", "pick_threads"]
+__all__ = ["idle_cores", "native_bf16", "pick_threads"]
 
 def idle_cores(window_s: float = 0.5) -> float | None:
     """Cores idle over the next ``window_s`` seconds, from two reads of ``/proc/stat`` (None where unavailable).
@@ -44,3 +44,20 @@ def pick_threads(requested: int = 0) -> int:
     if idle is None:
         return cores
     return max(1, min(cores, int(idle + 0.5)))
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16; Linux ``/proc/cpuinfo``).
+
+    Why: bf16 autocast on such a CPU runs the demo's step ~1.8x faster than fp32 (measured, README); without them
+    bf16 is emulated and slower than fp32.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .cpu import pick_threads
+from .cpu import native_bf16, pick_threads
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo_fmnist.toml"
@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastui demo: cannot load teacher {cfg.teacher.spec!r}: {e}", file=sys.stderr)
         return 2
     threads = pick_threads(args.threads)
+    if cfg.engine.autocast_bf16 and not native_bf16():
+        cfg.engine.autocast_bf16 = False
+        print("fastui demo: this CPU has no native bf16 (AMX / AVX512-BF16): distilling in fp32", flush=True)
     torch.set_num_threads(threads)
     cfg.engine.cpu_threads = threads
     out.mkdir(parents=True, exist_ok=True)
