@@ -59,6 +59,7 @@ class Variant:
     compile: bool = False
     bf16: bool = False
     fused_adam: bool = False
+    adam: str = "torch"  # optim.impl: torch, apex, deepspeed
     channels_last: bool = False
 
 
@@ -112,6 +113,7 @@ def fastui_config(arch: dict, batch: int, variant: Variant, device: torch.device
     cfg.optim.lr_g = cfg.optim.lr_fake = lr
     cfg.optim.eps = eps
     cfg.optim.fused = variant.fused_adam
+    cfg.optim.impl = variant.adam
     cfg.model.activation_checkpointing = list(variant.checkpoint)
     cfg.model.compile = variant.compile
     cfg.model.channels_last = variant.channels_last
@@ -204,7 +206,7 @@ class FastuiStep:
             self.gen.backward = backward
             self._shim("frozen_backward")
         for eng in (self.gen, self.fake):
-            if variant.fused_adam and not eng.optimizer.defaults.get("fused"):
+            if variant.adam == "torch" and variant.fused_adam and not eng.optimizer.defaults.get("fused"):
                 eng.optimizer = torch.optim.Adam(eng.module.parameters(), **{**eng.optimizer.defaults, "fused": True,
                                                                              "foreach": None})
                 self._shim("cpu_fused_adam")
@@ -661,6 +663,9 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--profile", default="", help="write a torch.profiler table of the first setting here")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1: on a shared, loaded machine OpenMP barriers make 2 threads ~10x slower)")
+    ap.add_argument("--adam", default="torch", choices=["torch", "apex", "deepspeed"],
+                    help="optim.impl of the fastui rows: torch's (fused) Adam, apex's FusedAdam (CUDA) or DeepSpeed's "
+                         "FusedAdam / DeepSpeedCPUAdam")
     ap.add_argument("--max-seconds", type=float, default=0.0, help="bound on each setting's timing loop (0: none)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -674,6 +679,10 @@ def main(argv: list | None = None) -> int:
     settings = (gpu_settings if gpu_like else cpu_settings)(args.quick, args.compile)
     if args.only:
         settings = [s for s in settings if s.label in args.only.split(",")]
+    if args.adam != "torch":
+        settings = [replace(s, variants=[v if v.reference else replace(v, name=f"{v.name}+{args.adam}_adam",
+                                                                           adam=args.adam) for v in s.variants])
+                    for s in settings]
     if args.smoke:
         from fastui import networks
 

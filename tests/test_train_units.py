@@ -163,3 +163,37 @@ def test_bf16_autocast_keeps_the_frozen_teacher_in_bf16_with_the_same_outputs(te
         got, want = engine(x, sigma), reference(x, sigma)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_optim_impl_is_validated_and_apex_off_cuda_is_a_clear_error():
+    from fastui.train.config import ConfigError, validate
+    from fastui.train.engines import make_adam
+
+    cfg = Config()
+    cfg.optim.impl = "nope"
+    with pytest.raises(ConfigError, match="optim.impl"):
+        validate(cfg)
+    cfg.optim.impl = "apex"
+    with pytest.raises(RuntimeError, match="CUDA only"):
+        make_adam([torch.nn.Parameter(torch.zeros(2))], cfg, 1e-3, 1e-8, torch.device("cpu"))
+
+
+@pytest.mark.slow  # DeepSpeed JIT-builds its CPU Adam on first use (~40 s)
+def test_deepspeed_cpu_adam_takes_the_same_step_as_torch_adam():
+    pytest.importorskip("deepspeed")
+    from fastui.train.engines import make_adam
+
+    torch.manual_seed(0)
+    start, grads = torch.randn(64), [torch.randn(64) for _ in range(3)]
+    out = {}
+    for impl in ("torch", "deepspeed"):
+        cfg = Config()
+        cfg.optim.impl = impl
+        p = torch.nn.Parameter(start.clone())
+        opt = make_adam([p], cfg, 1e-2, 1e-8, torch.device("cpu"))
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        out[impl] = p.detach()
+    assert not torch.equal(out["torch"], start)
+    torch.testing.assert_close(out["deepspeed"], out["torch"], rtol=1e-5, atol=1e-6)

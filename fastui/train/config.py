@@ -106,7 +106,8 @@ class OptimConfig:
     beta2: float = 0.999  # Adam beta2
     eps: float = 0.0  # Adam eps (0 = 1e-8 in fp32, 1e-6 in reduced precision)
     fake_grad_clip: float = 1.0  # value clip of fake-score gradients when the GAN is on (0 = none)
-    fused: bool = True  # torch's fused Adam where supported (CUDA)
+    fused: bool = True  # torch's fused Adam where supported (CUDA, CPU)
+    impl: str = "torch"  # Adam implementation: torch, apex (FusedAdam, CUDA), deepspeed (FusedAdam / DeepSpeedCPUAdam)
 
 
 @dataclass
@@ -338,6 +339,8 @@ def validate(cfg: Config) -> None:
                      ("run", "grid_size"), ("run", "max_minutes")):
         if getattr(getattr(cfg, sec), key) < 0:
             raise ConfigError(f"{sec}.{key} must be >= 0, got {getattr(getattr(cfg, sec), key)}")
+    if cfg.optim.impl not in ("torch", "apex", "deepspeed"):
+        raise ConfigError(f"optim.impl must be torch, apex or deepspeed, got {cfg.optim.impl!r}")
     for key in ("lr_g", "lr_fake"):
         if getattr(cfg.optim, key) <= 0:
             raise ConfigError(f"optim.{key} must be > 0")

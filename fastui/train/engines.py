@@ -111,6 +111,33 @@ class _GradGuard:
         return grad
 
 
+def make_adam(params, cfg: Config, lr: float, eps: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (no weight decay) as ``optim.impl`` asks: torch's (fused where ``optim.fused``: one kernel per parameter
+    group, CUDA and CPU), NVIDIA apex's FusedAdam (CUDA), or DeepSpeed's FusedAdam (CUDA) / DeepSpeedCPUAdam (CPU,
+    JIT-built on first use). Raises ``RuntimeError`` naming the missing package when apex or DeepSpeed is absent."""
+    betas = (float(cfg.optim.beta1), float(cfg.optim.beta2))
+    impl = cfg.optim.impl
+    if impl == "apex":
+        if device.type != "cuda":
+            raise RuntimeError("optim.impl = 'apex': apex's FusedAdam runs on CUDA only (use torch or deepspeed)")
+        try:
+            from apex.optimizers import FusedAdam
+        except ImportError as e:
+            raise RuntimeError("optim.impl = 'apex' needs NVIDIA apex (github.com/NVIDIA/apex; PyPI's 'apex' is an "
+                               "unrelated package)") from e
+        return FusedAdam(params, lr=lr, betas=betas, eps=eps, adam_w_mode=False, weight_decay=0.0)
+    if impl == "deepspeed":
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
+        except ImportError as e:
+            raise RuntimeError("optim.impl = 'deepspeed' needs DeepSpeed (pip install '.[deepspeed]')") from e
+        if device.type == "cuda":
+            return FusedAdam(params, lr=lr, betas=betas, eps=eps, adam_w_mode=False, weight_decay=0.0)
+        return DeepSpeedCPUAdam(params, lr=lr, betas=betas, eps=eps, adamw_mode=False, weight_decay=0.0)
+    fused = cfg.optim.fused and device.type in ("cuda", "cpu")
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, **({"fused": True} if fused else {}))
+
+
 class Engine:
     """A trained network: forward, backward (scaled for accumulation), step on the boundary, save/load.
 
@@ -128,10 +155,7 @@ class Engine:
         self.kind = cfg.engine.backend
         self.grad_accum = res.grad_accum
         self.micro_steps = 0
-        # torch's fused Adam (one kernel per parameter group) runs on CUDA and, since torch 2.4, on the CPU
-        fused = cfg.optim.fused and device.type in ("cuda", "cpu")
-        opt = torch.optim.Adam(module.parameters(), lr=lr, betas=(float(cfg.optim.beta1), float(cfg.optim.beta2)),
-                               eps=res.eps, **({"fused": True} if fused else {}))
+        opt = make_adam(module.parameters(), cfg, lr, res.eps, device)
         self.guard = _GradGuard(module.parameters(), device, grad_clip)
         if self.kind == "deepspeed":
             import deepspeed
