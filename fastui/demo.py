@@ -226,6 +226,19 @@ def _table(rows: list[dict], n: int | None, ref: str | None) -> str:
     return "\n".join(lines)
 
 
+def samplers(teacher, sigma_init: float):
+    """``(teacher_fn, one_step_fn(net))``: the demo's two samplers as ``fn(z_batch, labels_batch) -> images``."""
+    from .sample import heun_sample, one_step
+
+    def teacher_fn(zb, lb):
+        return heun_sample(teacher, zb, lb, num_steps=HEUN_STEPS)
+
+    def one_step_fn(net):
+        return lambda zb, lb: one_step(net, zb, lb, sigma_init)
+
+    return teacher_fn, one_step_fn
+
+
 def fid_of(models: list[str], *, teacher_spec: str, n: int, ref: Path, sigma_init: float = 2.5, batch: int = 100,
            progress: bool = True) -> list[tuple[str, float]]:
     """FID of each model with the demo's evaluation draws (:func:`evaluation_draws`) against ``ref``.
@@ -238,19 +251,18 @@ def fid_of(models: list[str], *, teacher_spec: str, n: int, ref: Path, sigma_ini
         ``[(model, fid), ...]`` in order.
     """
     from .eval.fid import InceptionFeatures, frechet_distance, load_stats, stats
-    from .sample import heun_sample, one_step
     from .teachers import load_checkpoint, load_teacher
 
     teacher = load_teacher(teacher_spec).eval().requires_grad_(False)
     shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
     z, labels = evaluation_draws(n, shape, int(teacher.label_dim or 0))
     ref_stats, net, out = load_stats(ref), InceptionFeatures("cpu"), []
+    teacher_fn, one_step_fn = samplers(teacher, sigma_init)
     for m in models:
         if m == "teacher":
-            fn = lambda zb, lb: heun_sample(teacher, zb, lb, num_steps=HEUN_STEPS)
+            fn = teacher_fn
         else:
-            gen = teacher if m == "initial" else load_checkpoint(m).eval()
-            fn = lambda zb, lb, gen=gen: one_step(gen, zb, lb, sigma_init)
+            fn = one_step_fn(teacher if m == "initial" else load_checkpoint(m).eval())
         images, _ = sample_all(fn, z, labels, batch, f"sample {Path(m).name}", progress)
         fid = frechet_distance(*stats(net.features_from_float(images, progress=progress)), ref_stats["mu"],
                                ref_stats["sigma"])
@@ -326,19 +338,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{run['generator_dir']}",
           flush=True)
 
-    from .sample import heun_sample, one_step
     from .teachers import load_checkpoint
 
     student = load_checkpoint(run["generator_dir"]).eval()
     n = max(args.n, args.grid_n) if not args.skip_fid else args.grid_n
     z, labels = evaluation_draws(n, shape, label_dim)
     s0 = cfg.model.sigma_init
+    teacher_fn, one_step_fn = samplers(teacher, s0)
     models = [
-        ("teacher", f"Heun, {HEUN_STEPS} steps", 2 * HEUN_STEPS - 1,
-         lambda zb, lb: heun_sample(teacher, zb, lb, num_steps=HEUN_STEPS)),
-        ("initial generator (teacher weights)", "one step", 1, lambda zb, lb: one_step(teacher, zb, lb, s0)),
+        ("teacher", f"Heun, {HEUN_STEPS} steps", 2 * HEUN_STEPS - 1, teacher_fn),
+        ("initial generator (teacher weights)", "one step", 1, one_step_fn(teacher)),
         (f"distilled generator ({res.preset.name}{div.replace(' (', ', ').rstrip(')')})", "one step", 1,
-         lambda zb, lb: one_step(student, zb, lb, s0)),
+         one_step_fn(student)),
     ]
     net = None
     if ref is not None:
