@@ -197,3 +197,48 @@ def test_deepspeed_cpu_adam_takes_the_same_step_as_torch_adam():
         out[impl] = p.detach()
     assert not torch.equal(out["torch"], start)
     torch.testing.assert_close(out["deepspeed"], out["torch"], rtol=1e-5, atol=1e-6)
+
+
+def test_discriminator_weight_scales_only_the_discriminator_term_of_the_fake_step():
+    """discriminator.weight multiplies L_disc inside the fake-score step (DSM term unchanged); it must be > 0."""
+    from fastui.train.config import ConfigError, validate
+    from fastui.train.models import ConvHead
+    from fastui.train.step import StepContext, fake_micro_step
+
+    shape = (1, 8, 8)
+    torch.manual_seed(0)
+    head = ConvHead(shape, 8)
+    real = torch.rand(4, *shape) * 2 - 1
+
+    class Fake:  # the engine interface fake_micro_step uses: forward(mode="train"), backward, step
+        def __call__(self, x, sigma, labels, mode, real, real_labels):
+            both = head(torch.cat([x, real]), torch.cat([sigma, sigma]))
+            return 0.9 * x, both[:4], both[4:]
+
+        def backward(self, loss):
+            self.loss = loss.detach()
+
+        def step(self):
+            pass
+
+    seen = {}
+    for weight in (1.0, 3.0):
+        cfg = Config()
+        cfg.batch.global_size = cfg.batch.micro = 4
+        cfg.loss.ratio = "on"
+        cfg.discriminator.weight = weight
+        res = resolve(cfg, 1)
+        fake = Fake()
+        ctx = StepContext(cfg, res, None, SimpleNamespace(module=lambda x, s, c: 0.5 * x), fake, shape, 0,
+                          torch.device("cpu"), 0, Stats(torch.device("cpu")), real=lambda d: (real, None))
+        fake_micro_step(ctx, 3, 1, 0)
+        st = ctx.stats.flush(reduce=False)
+        seen[weight] = (fake.loss, st["loss_fake"], st["loss_disc"])
+    (l1, dsm1, disc1), (l3, dsm3, disc3) = seen[1.0], seen[3.0]
+    assert dsm1 == pytest.approx(dsm3) and disc1 == pytest.approx(disc3) and disc1 > 0
+    assert float(l1) == pytest.approx(dsm1 + disc1, rel=1e-5)
+    assert float(l3) == pytest.approx(dsm3 + 3.0 * disc3, rel=1e-5)
+    cfg = Config()
+    cfg.discriminator.weight = 0.0
+    with pytest.raises(ConfigError, match="discriminator.weight"):
+        validate(cfg)

@@ -136,6 +136,7 @@ class DataConfig:
 class DiscriminatorConfig:
     kind: str = "shared"  # shared (fake-score encoder, channel mean) or conv (small separate head)
     channels: int = 64  # width of the conv head
+    weight: float = 1.0  # weight of L_disc in the fake-score step (1 = the published recipes; see README "demo")
 
 
 @dataclass
@@ -359,6 +360,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.pretrain_steps must be >= 0 and model.pretrain_batch >= 1")
     if cfg.model.sigma_init <= 0:
         raise ConfigError("model.sigma_init must be > 0")
+    if not cfg.discriminator.weight > 0:
+        raise ConfigError(f"discriminator.weight must be > 0, got {cfg.discriminator.weight}")
     if cfg.ema.halflife_images <= 0 or cfg.ema.rampup < 0:
         raise ConfigError("ema.halflife_images must be > 0 and ema.rampup >= 0")
     if cfg.engine.backend == "torch" and cfg.engine.zero_stage != 0:

@@ -174,7 +174,7 @@ def fake_micro_step(ctx: StepContext, it: int, sub: int, micro: int) -> None:
     ctx.stats.add("n_nonfinite_fake", st["n_nonfinite"])
     if logit_fake is not None:
         loss_disc = fastui.discriminator_loss(logit_fake, logit_real)
-        loss = loss + loss_disc
+        loss = loss + ctx.cfg.discriminator.weight * loss_disc
         ctx.stats.add("loss_disc", loss_disc)
     ctx.fake.backward(loss)
     ctx.fake.step()
