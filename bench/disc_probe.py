@@ -1,6 +1,6 @@
 """Can the density-ratio discriminator learn next to the fake score's DSM loss? (README, demo tuning)
 
-``python -m bench.disc_probe [--kind shared|conv] [--weight W] [--steps N]``
+``python -m bench.disc_probe [--kind shared|conv] [--weight W] [--dsm W] [--steps N] [--seed S]``
 
 The fake score starts as the shipped demo teacher; real Fashion-MNIST training images (padded to 32) are told
 apart from the initial generator's samples (the teacher applied once at sigma_init = 2.5), both noised with the same
