@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# bench/gpu_distill.sh OUTDIR [MINUTES] -- the longer Fashion-MNIST configuration on a lent GPU (issue 7's headline).
+#
+# Runs configs/demo_fmnist_long.toml through `fastui demo` in several variants at once on one GPU (the demo network is
+# tiny, so one process leaves the GPU mostly idle), each for MINUTES of training (default 7), with an EMA snapshot
+# every 32,000 images; then samples the demo's 300 evaluation draws through every snapshot (bench.trajectory) so the
+# FID can be computed on a machine that has the Inception file. Needs no network: carry .whl/ (webdataset,
+# braceexpand) and .carry/fmnist (the four Fashion-MNIST IDX files). OUTDIR gets one tar per variant (final EMA
+# generator, log.csv, grid, demo output, samples .npz) and gpu_distill.log.
+#
+# Usage: bash bench/gpu_distill.sh OUTDIR [MINUTES]          (SMOKE=1: first variant only, 20 iterations)
+# Then, where the Inception file is:  python -m bench.trajectory fid runs/gpu/<variant>/samples.npz
+set -u
+OUTDIR=${1:?usage: bash bench/gpu_distill.sh OUTDIR [MINUTES]}
+MINUTES=${2:-7}
+mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+exec > >(tee -a "$OUTDIR/gpu_distill.log") 2>&1
+echo "gpu_distill: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) minutes $MINUTES"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+"$PY" -c "import torch, webdataset; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 98
+DATA=runs/gpu/shards
+if [ ! -f $DATA/manifest.json ]; then
+  "$PY" -m fastui.data.cli fashion-mnist --root .carry/fmnist --out $DATA --pad-to 32 --workers 8 --overwrite \
+    || exit 97
+fi
+CFG=configs/demo_fmnist_long.toml
+COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-every 32000 --data $DATA
+        --set loss.backend=torch --set run.log_every=50)
+# name | extra overrides
+VARIANTS=(
+  "b32|"
+  "b128|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=20000"
+  "b128g10|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=20000 --set loss.gan_weight=10"
+  "b128g3e50|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=50000 --set loss.gan_weight=3"
+)
+[ "${SMOKE:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}") && COMMON+=(--iterations 20)
+pids=()
+for v in "${VARIANTS[@]}"; do
+  name=${v%%|*}; extra=${v#*|}
+  # shellcheck disable=SC2086
+  "$PY" -m fastui.demo "${COMMON[@]}" $extra --out runs/gpu/$name --threads 3 > runs/gpu/$name.log 2>&1 &
+  pids+=($!)
+  echo "started $name (pid $!): $extra"
+done
+for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?"; done
+for v in "${VARIANTS[@]}"; do
+  name=${v%%|*}
+  tail -n 3 runs/gpu/$name.log
+  "$PY" -m bench.trajectory sample runs/gpu/$name --out runs/gpu/$name/samples.npz | tail -n 1
+  cp runs/gpu/$name.log runs/gpu/$name/demo.log
+  tar -cf "$OUTDIR/$name.tar" -C runs/gpu $name/samples.npz $name/demo.log $name/distill/log.csv $name/grid.png \
+    $name/results.md $name/distill/generator_ema 2>&1 | head -n 3
+done
+ls -la "$OUTDIR"
