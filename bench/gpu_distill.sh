@@ -3,10 +3,12 @@
 #
 # Runs configs/demo_fmnist_long.toml through `fastui demo` in several variants at once on one GPU (the demo network is
 # tiny, so one process leaves the GPU mostly idle), each for MINUTES of training (default 7), with an EMA snapshot
-# every 32,000 images; then samples the demo's 300 evaluation draws through every snapshot (bench.trajectory) so the
+# every 32,000 (batch 32) or 64,000 images; then samples the demo's 300 evaluation draws through every snapshot
+# (bench.trajectory) so the
 # FID can be computed on a machine that has the Inception file. Needs no network: carry .whl/ (webdataset,
 # braceexpand) and .carry/fmnist (the four Fashion-MNIST IDX files). OUTDIR gets one tar per variant (final EMA
-# generator, log.csv, grid, demo output, samples .npz) and gpu_distill.log.
+# generator, log.csv, grid, demo output; the first also gpu_distill.log) and one samples .npz per variant (at most 8
+# files, each under 16 MiB: what a lent machine sends back).
 #
 # Usage: bash bench/gpu_distill.sh OUTDIR [MINUTES]          (SMOKE=1: first variant only, 20 iterations)
 # Then, where the Inception file is:  python -m bench.trajectory fid runs/gpu/<variant>/samples.npz
@@ -17,7 +19,8 @@ mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-exec > >(tee -a "$OUTDIR/gpu_distill.log") 2>&1
+mkdir -p runs/gpu
+exec > >(tee -a runs/gpu/gpu_distill.log) 2>&1
 echo "gpu_distill: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) minutes $MINUTES"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -36,9 +39,9 @@ COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-e
 # name | extra overrides
 VARIANTS=(
   "b32|"
-  "b128|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=20000"
-  "b128g10|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=20000 --set loss.gan_weight=10"
-  "b128g3e50|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=50000 --set loss.gan_weight=3"
+  "b128|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=20000 --snapshot-every 64000"
+  "b128g10|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=20000 --set loss.gan_weight=10 --snapshot-every 64000"
+  "b128g3e50|--set batch.global_size=128 --set batch.micro=128 --set ema.halflife_images=50000 --set loss.gan_weight=3 --snapshot-every 64000"
 )
 [ "${SMOKE:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}") && COMMON+=(--iterations 20)
 pids=()
@@ -55,7 +58,9 @@ for v in "${VARIANTS[@]}"; do
   tail -n 3 runs/gpu/$name.log
   "$PY" -m bench.trajectory sample runs/gpu/$name --out runs/gpu/$name/samples.npz | tail -n 1
   cp runs/gpu/$name.log runs/gpu/$name/demo.log
-  tar -cf "$OUTDIR/$name.tar" -C runs/gpu $name/samples.npz $name/demo.log $name/distill/log.csv $name/grid.png \
+  cp runs/gpu/$name/samples.npz "$OUTDIR/$name.samples.npz"
+  tar -cf "$OUTDIR/$name.tar" -C runs/gpu $name/demo.log $name/distill/log.csv $name/grid.png \
     $name/results.md $name/distill/generator_ema 2>&1 | head -n 3
 done
 ls -la "$OUTDIR"
+tar -rf "$OUTDIR/${VARIANTS[0]%%|*}.tar" -C runs/gpu gpu_distill.log
