@@ -6,8 +6,8 @@
 # (every 64,000 images at batch 128); then samples the demo's 300 evaluation draws through every snapshot
 # (bench.trajectory) so the FID can be computed on a machine that has the Inception file. Needs no network: carry
 # .whl/ (webdataset, braceexpand) and .carry/fmnist (the four Fashion-MNIST IDX files). OUTDIR gets one tar per
-# variant (final EMA generator, log.csv, grid, demo output; the first also gpu_distill.log) and one samples .npz per
-# variant (at most 8 files, each under 16 MiB: what a lent machine sends back).
+# variant (final EMA generator, samples .npz, log.csv, grid, demo output; the first also gpu_distill.log): at most
+# 8 files, each under 16 MiB, come back from a lent machine.
 #
 # Usage: bash bench/gpu_distill.sh OUTDIR [MINUTES]          (SMOKE=1: first variant only, 20 iterations)
 # Then, where the Inception file is:  python -m bench.trajectory fid runs/gpu/<variant>/samples.npz
@@ -37,7 +37,8 @@ COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-e
         --set loss.backend=torch)
 # name | extra overrides. Session 4 ran configs/demo_fmnist_long.toml as b32 and the variants b128 (EMA 20k),
 # b128g10 (EMA 20k, gan_weight 10) and b128g3e50 (= configs/demo_fmnist_gpu.toml, the best: 65.7 at 162k images).
-# An iteration costs ~0.35 s almost whatever the batch, so the next variants raise the batch (lr x2 with batch x4-8).
+# An iteration costs ~0.35 s almost whatever the batch, so the next variants raise the batch (lr x2 with batch x4-8),
+# and one tries torch.compile (fewer, fused kernels; its compile time counts against the minutes).
 B512="--set batch.global_size=512 --set batch.micro=512"
 LR2="--set optim.lr_g=2e-4 --set optim.lr_fake=6e-4"
 VARIANTS=(
@@ -45,6 +46,7 @@ VARIANTS=(
   "b512|$B512 --snapshot-every 128000"
   "b512lr2|$B512 $LR2 --snapshot-every 128000"
   "b1024lr2|--set batch.global_size=1024 --set batch.micro=1024 $LR2 --snapshot-every 256000"
+  "gpucompile|--set model.compile=true"
 )
 [ "${SMOKE:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}") && COMMON+=(--iterations 20)
 pids=()
@@ -61,8 +63,7 @@ for v in "${VARIANTS[@]}"; do
   tail -n 3 runs/gpu/$name.log
   "$PY" -m bench.trajectory sample runs/gpu/$name --out runs/gpu/$name/samples.npz | tail -n 1
   cp runs/gpu/$name.log runs/gpu/$name/demo.log
-  cp runs/gpu/$name/samples.npz "$OUTDIR/$name.samples.npz"
-  tar -cf "$OUTDIR/$name.tar" -C runs/gpu $name/demo.log $name/distill/log.csv $name/grid.png \
+  tar -cf "$OUTDIR/$name.tar" -C runs/gpu $name/samples.npz $name/demo.log $name/distill/log.csv $name/grid.png \
     $name/results.md $name/distill/generator_ema 2>&1 | head -n 3
 done
 ls -la "$OUTDIR"
