@@ -10,6 +10,10 @@
 # 8 files, each under 16 MiB, come back from a lent machine.
 #
 # Usage: bash bench/gpu_distill.sh OUTDIR [MINUTES]          (SMOKE=1: first variant only, 20 iterations)
+# What to carry (both git-ignored), made once on the development machine:
+#   mkdir -p .carry/fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .carry/fmnist/
+#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d .whl webdataset==1.0.2 braceexpand
 # Then, where the Inception file is:  python -m bench.trajectory fid runs/gpu/<variant>/samples.npz
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_distill.sh OUTDIR [MINUTES]}
