@@ -56,6 +56,7 @@ VARIANTS=(
 pids=()
 for v in "${VARIANTS[@]}"; do
   name=${v%%|*}; extra=${v#*|}
+  rm -rf "runs/gpu/$name"  # a warm machine keeps runs/: no snapshot of an earlier call may join this trajectory
   # shellcheck disable=SC2086
   "$PY" -m fastui.demo "${COMMON[@]}" $extra --out runs/gpu/$name --threads 3 > runs/gpu/$name.log 2>&1 &
   pids+=($!)
