@@ -100,9 +100,9 @@ def _ensure_data(cfg, args: argparse.Namespace, out: Path, needs_real: bool) -> 
     if not (shards / "manifest.json").is_file():
         from .data import cli as data_cli
 
-        print(f"demo: writing 20,000 Fashion-MNIST training images as shards to {shards} (~30 s)", flush=True)
+        print(f"demo: writing 20,000 Fashion-MNIST training images as shards to {shards} (~10 s)", flush=True)
         rc = data_cli.main(["fashion-mnist", "--out", str(shards), "--pad-to", "32", "--limit", "20000",
-                            "--workers", "0", "--overwrite"])
+                            "--workers", "0", "--overwrite", *(["--no-progress"] if args.no_progress else [])])
         if rc != 0:
             raise SystemExit(f"demo: could not write Fashion-MNIST shards (exit {rc}); install the Debian package "
                              "dataset-fashion-mnist (make env does) or pass --data DIR")
