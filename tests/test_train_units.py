@@ -242,3 +242,25 @@ def test_discriminator_weight_scales_only_the_discriminator_term_of_the_fake_ste
     cfg.discriminator.weight = 0.0
     with pytest.raises(ConfigError, match="discriminator.weight"):
         validate(cfg)
+
+
+def test_ema_update_is_the_lerp_of_every_parameter_in_fp32_and_leaves_the_module_alone():
+    from fastui.train.ema import Ema
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2).to(torch.bfloat16))
+    ema = Ema(net)
+    start = [s.clone() for s in ema.shadow]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    before = [p.detach().clone() for p in net.parameters()]
+    ema.update(0.9)
+    ema.update(0.5)
+    for s, s0, p in zip(ema.shadow, start, before):
+        want = 0.5 * (0.9 * s0 + 0.1 * p.float()) + 0.5 * p.float()
+        assert s.dtype == torch.float32
+        torch.testing.assert_close(s, want, rtol=1e-6, atol=1e-6)
+    for p, b in zip(net.parameters(), before):
+        assert torch.equal(p, b) and p.grad is None
+    assert not any(s.requires_grad for s in ema.shadow)

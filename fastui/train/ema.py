@@ -29,9 +29,8 @@ class Ema:
 
     @torch.no_grad()
     def update(self, beta: float) -> None:
-        """``ema = beta ema + (1 - beta) param`` (no host sync)."""
-        for s, p in zip(self.shadow, self.module.parameters()):
-            s.lerp_(_local(p).float(), 1.0 - beta)
+        """``ema = beta ema + (1 - beta) param`` (no host sync; one fused multi-tensor lerp, not one per parameter)."""
+        torch._foreach_lerp_(self.shadow, [_local(p).float() for p in self.module.parameters()], 1.0 - beta)
 
     def state_dict(self) -> dict:
         """This rank's shadow tensors (saved per rank)."""
