@@ -42,7 +42,7 @@ def _checkpoints(run: Path) -> list[tuple[str, Path]]:
 
 @torch.no_grad()
 def sample(runs: list[str], out: str, n: int, device: str, sigma_init: float, batch: int) -> int:
-    from fastui.demo import evaluation_draws
+    from fastui.demo import evaluation_draws, sample_all
     from fastui.eval.grid import to_uint8
     from fastui.sample import one_step
     from fastui.teachers import load_checkpoint
@@ -56,9 +56,10 @@ def sample(runs: list[str], out: str, n: int, device: str, sigma_init: float, ba
         net = load_checkpoint(ckpt, device=device).eval()
         shape = (net.img_channels, net.img_resolution, net.img_resolution)
         z, labels = evaluation_draws(n, shape, int(net.label_dim or 0))
-        imgs = [one_step(net, z[i:i + batch].to(device), None if labels is None else labels[i:i + batch].to(device),
-                         sigma_init).clamp(-1, 1).cpu() for i in range(0, n, batch)]
-        arrays[name] = to_uint8(torch.cat(imgs))
+        images, _ = sample_all(lambda zb, lb, net=net: one_step(net, zb.to(device), None if lb is None else
+                                                                lb.to(device), sigma_init).cpu(),
+                               z, labels, batch, name, progress=False)
+        arrays[name] = to_uint8(images)
         print(f"{name}: {n} images", flush=True)
     tmp = Path(out).with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
