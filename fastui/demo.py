@@ -312,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastui demo: cannot load teacher {cfg.teacher.spec!r}: {e}", file=sys.stderr)
         return 2
     threads = pick_threads(args.threads)
-    on_cpu = cfg.engine.device == "cpu" or not torch.cuda.is_available()  # the engine's own choice (select_device)
-    if cfg.engine.autocast_bf16 and on_cpu and not native_bf16():
+    from .train.run import select_device
+
+    if cfg.engine.autocast_bf16 and select_device(cfg).type == "cpu" and not native_bf16():
         cfg.engine.autocast_bf16 = False
         print("fastui demo: this CPU has no native bf16 (AMX / AVX512-BF16): distilling in fp32", flush=True)
     torch.set_num_threads(threads)
