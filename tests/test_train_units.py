@@ -130,11 +130,36 @@ def test_max_minutes_stops_early_and_still_exports(tmp_path):
     assert json.loads((run / "config.json").read_text())["config"]["run"]["max_minutes"] == 0.0001
 
 
+def test_snapshots_export_the_ema_generator_at_each_multiple_of_the_interval(tmp_path):
+    """run.snapshot_every_images: plain generator directories named by the images done; the last one is the export."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "fastui.train", "--config", "configs/toy_ring8.toml", f"--run.out_dir={out}",
+           "--run.name=snap", "--run.duration_images=192", "--batch.global_size=64", "--batch.micro=64",
+           "--run.snapshot_every_images=128", "--model.pretrain_steps=1", "--run.progress=false",
+           "--run.tensorboard=false"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=str(ROOT_DIR),
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = out / "snap"
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["000000128"]  # 64, 128, 192 images done
+    snap = torch.load(run / "snapshots" / "000000128" / "weights.pt", weights_only=True)
+    final = torch.load(run / "generator_ema" / "weights.pt", weights_only=True)
+    assert snap.keys() == final.keys() and (run / "snapshots" / "000000128" / "arch.json").exists()
+    assert any(not torch.equal(snap[k], final[k]) for k in snap)  # the EMA moved in the third iteration
+
+
 def test_negative_max_minutes_is_a_config_error():
     from fastui.train.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="max_minutes"):
         resolve(load_config("configs/toy_ring8.toml", ["--run.max_minutes=-1"]), 1)
+    with pytest.raises(ConfigError, match="snapshot_every_images"):
+        resolve(load_config("configs/toy_ring8.toml", ["--run.snapshot_every_images=-1"]), 1)
 
 
 @pytest.mark.parametrize("teacher_bf16", [True, False])

@@ -45,6 +45,7 @@ class RunConfig:
     grid_size: int = 64  # samples in a grid (fixed z and labels)
     ckpt_every_images: int = 500_000  # images between checkpoints (0 = only at the end)
     keep_last: int = 3  # checkpoints kept (older complete ones are deleted)
+    snapshot_every_images: int = 0  # images between exports of the EMA generator to snapshots/<images>/ (0 = never)
     tensorboard: bool = True  # write TensorBoard scalars next to the CSV
     progress: bool = True  # tqdm progress bar on rank 0
 
@@ -337,7 +338,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{sec}.{key} must be >= 1, got {getattr(getattr(cfg, sec), key)}")
     for sec, key in (("run", "grid_every_images"), ("run", "ckpt_every_images"), ("batch", "grad_accum"),
                      ("schedule", "k_fake"), ("schedule", "warmup_images"), ("schedule", "ratio_start_images"),
-                     ("run", "grid_size"), ("run", "max_minutes")):
+                     ("run", "grid_size"), ("run", "max_minutes"),
+                     ("run", "snapshot_every_images")):
         if getattr(getattr(cfg, sec), key) < 0:
             raise ConfigError(f"{sec}.{key} must be >= 0, got {getattr(getattr(cfg, sec), key)}")
     if cfg.optim.impl not in ("torch", "apex", "deepspeed"):
