@@ -137,6 +137,7 @@ class DataConfig:
 class DiscriminatorConfig:
     kind: str = "shared"  # shared (fake-score encoder, channel mean) or conv (small separate head)
     channels: int = 64  # width of the conv head
+    depth: int = 2  # stride-2 convolutions of the conv head (2: 7x7-pixel patches; 4: 31x31; MLP: hidden layers)
     weight: float = 1.0  # weight of L_disc in the fake-score step (1 = the published recipes; see README "demo")
 
 
@@ -362,6 +363,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.pretrain_steps must be >= 0 and model.pretrain_batch >= 1")
     if cfg.model.sigma_init <= 0:
         raise ConfigError("model.sigma_init must be > 0")
+    if not 1 <= cfg.discriminator.depth <= 8:
+        raise ConfigError(f"discriminator.depth must be in 1..8, got {cfg.discriminator.depth}")
     if not cfg.discriminator.weight > 0:
         raise ConfigError(f"discriminator.weight must be > 0, got {cfg.discriminator.weight}")
     if cfg.ema.halflife_images <= 0 or cfg.ema.rampup < 0:

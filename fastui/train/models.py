@@ -142,21 +142,24 @@ def data_shape(net: nn.Module) -> tuple[int, ...]:
 
 
 class ConvHead(nn.Module):
-    """A small separate discriminator: patch logits from ``x_t`` and ``c_noise`` (images) or an MLP (vectors)."""
+    """A small separate discriminator: patch logits from ``x_t`` and ``c_noise`` (images) or an MLP (vectors).
 
-    def __init__(self, shape: tuple[int, ...], channels: int = 64):
+    Images: ``depth`` 3x3 stride-2 convolutions of ``channels`` (SiLU), then a 1x1 convolution to one logit per patch
+    (depth 2: 7x7-pixel receptive fields, an 8x8 grid of patches at 32x32; depth 4: 31x31, 2x2). Vectors: ``depth``
+    hidden layers of width ``channels``.
+    """
+
+    def __init__(self, shape: tuple[int, ...], channels: int = 64, depth: int = 2):
         super().__init__()
         self.image = len(shape) == 3
-        if self.image:
-            c = shape[0]
-            self.net = nn.Sequential(
-                nn.Conv2d(c + 1, channels, 3, stride=2, padding=1), nn.SiLU(),
-                nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.SiLU(),
-                nn.Conv2d(channels, 1, 1),
-            )
-        else:
-            self.net = nn.Sequential(nn.Linear(shape[0] + 1, channels), nn.SiLU(), nn.Linear(channels, channels),
-                                     nn.SiLU(), nn.Linear(channels, 1))
+        layers: list[nn.Module] = []
+        width = shape[0] + 1  # + the c_noise plane / entry
+        for _ in range(depth):
+            layers += [nn.Conv2d(width, channels, 3, stride=2, padding=1) if self.image else nn.Linear(width, channels),
+                       nn.SiLU()]
+            width = channels
+        layers.append(nn.Conv2d(width, 1, 1) if self.image else nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x, sigma):
         """Logits ``[B, patches]`` (fp32)."""
@@ -178,11 +181,12 @@ class FakeScoreWithDisc(nn.Module):
     ``[B, P]``; ``"train"`` -> denoiser output and the logits of the fake and real batches from one call.
     """
 
-    def __init__(self, fake: nn.Module, kind: str = "shared", shape: tuple[int, ...] = (), channels: int = 64):
+    def __init__(self, fake: nn.Module, kind: str = "shared", shape: tuple[int, ...] = (), channels: int = 64,
+                 depth: int = 2):
         super().__init__()
         self.fake = fake
         self.kind = kind
-        self.head = ConvHead(shape, channels) if kind == "conv" else None
+        self.head = ConvHead(shape, channels, depth) if kind == "conv" else None
 
     def logits(self, x, sigma, labels=None):
         """Per-patch logits ``[B, P]`` (fp32): channel mean of the fake-score bottleneck, or the conv head."""
@@ -240,7 +244,7 @@ def build_networks(cfg: Config, device, *, dry_run: bool = False, needs_disc: bo
         # No separate head when nothing uses the discriminator: unused parameters would stall DDP.
         kind = cfg.discriminator.kind if needs_disc else "shared"
         fake_disc = FakeScoreWithDisc(fake, kind, data_shape(generator),
-                                      cfg.discriminator.channels).to(device)
+                                      cfg.discriminator.channels, cfg.discriminator.depth).to(device)
     for name, net in (("teacher", teacher), ("fake", fake), ("generator", generator)):
         if name in cfg.model.activation_checkpointing and hasattr(net, "set_checkpointing"):
             net.set_checkpointing(True)
