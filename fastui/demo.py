@@ -124,8 +124,7 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
     Returns:
         ``{"generator_dir", "iterations", "images", "wall_s", "cpu_s", "last": {logged statistics}}``.
     """
-    from .teachers import save_checkpoint
-    from .train.run import run_dir_of, setup
+    from .train.run import export_ema, run_dir_of, setup
     from .train.schedule import ema_beta, phase
     from .train.step import train_iteration
 
@@ -171,8 +170,7 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
                 writer.writerow(row)
                 log_file.flush()
             if snapshot_every_images and (it * every) // snapshot_every_images > ((it - 1) * every) // snapshot_every_images:
-                save_checkpoint(None, run_dir / "snapshots" / f"{it * every:09d}", arch=s.gen.module.arch,
-                                state_dict=s.ema.full_state_dict())
+                export_ema(run_dir, s.ema, s.gen.module, s.rank, f"snapshots/{it * every:09d}")
             if bar is not None:
                 done = {"cpu-s": time.process_time() - c0, "s": time.perf_counter() - t0}.get(bar.unit, it)
                 bar.n = min(round(done), bar.total)
@@ -181,8 +179,7 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
     if bar is not None:
         bar.close()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    gen_dir = save_checkpoint(None, run_dir / "generator_ema", arch=s.gen.module.arch,
-                              state_dict=s.ema.full_state_dict())
+    gen_dir = export_ema(run_dir, s.ema, s.gen.module, s.rank)
     return {"generator_dir": str(gen_dir), "iterations": it, "images": it * every, "wall_s": wall, "cpu_s": cpu,
             "last": last}
 

@@ -132,7 +132,7 @@ def _save_grid(cfg: Config, ema: Ema, gen_module, shape, label_dim, device, path
         plt.close(fig)
 
 
-def _export(run_dir: Path, ema: Ema, gen_module, rank: int, name: str = "generator_ema") -> Path:
+def export_ema(run_dir: Path, ema: Ema, gen_module, rank: int, name: str = "generator_ema") -> Path:
     """Export the EMA generator as a plain fastui checkpoint directory (contract 2) for ``fastui sample``: the final
     one to ``run_dir/generator_ema``, a snapshot to ``run_dir/snapshots/<images>``."""
     state = ema.full_state_dict()
@@ -260,7 +260,7 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
             _save_grid(cfg, ema, gen.module, shape, label_dim, device, run_dir / "grids" / f"{images_after:012d}.png",
                        rank)
         if crossed(cfg.run.snapshot_every_images, images_after):
-            _export(run_dir, ema, gen.module, rank, f"snapshots/{images_after:09d}")
+            export_ema(run_dir, ema, gen.module, rank, f"snapshots/{images_after:09d}")
         if crossed(cfg.run.ckpt_every_images, images_after) or final:
             meta = {"iteration": done_it, "images": images_after, "world": world,
                     "zero_stage": cfg.engine.zero_stage, "backend": cfg.engine.backend, "time": time.time()}
@@ -272,7 +272,7 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
             break
     logger.close()
     if run_dir is not None:
-        _export(run_dir, ema, gen.module, rank)
+        export_ema(run_dir, ema, gen.module, rank)
     return {**last, "run_dir": str(run_dir) if run_dir else None, "memory": memory}
 
 
