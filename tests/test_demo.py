@@ -38,7 +38,7 @@ def _smoke_args(teacher, out, *extra):
 
 def test_demo_smoke_run_writes_grid_table_and_a_trained_generator(tiny_teacher, tmp_path):
     out = tmp_path / "demo"
-    assert demo.main(_smoke_args(tiny_teacher, out, "--skip-fid")) == 0
+    assert demo.main(_smoke_args(tiny_teacher, out, "--skip-fid", "--snapshot-every", "32")) == 0
 
     grid = Image.open(out / "grid.png")
     # three labelled panels of 10 tiles (32 px, x2 upscaled) side by side: wider than two panels
@@ -56,6 +56,11 @@ def test_demo_smoke_run_writes_grid_table_and_a_trained_generator(tiny_teacher, 
     # two generator steps moved the EMA generator away from its initialisation (the teacher's weights)
     student = load_checkpoint(run["generator_dir"])
     teacher = load_checkpoint(tiny_teacher)
+    # --snapshot-every 32: the EMA generator after each iteration of 32, the last one the exported generator
+    snaps = sorted((out / "distill" / "snapshots").iterdir())
+    assert [p.name for p in snaps] == ["000000032", "000000064"]
+    assert all(torch.equal(a, b) for a, b in zip(load_checkpoint(snaps[-1]).state_dict().values(),
+                                                 student.state_dict().values()))
     moved = max((a - b).abs().max().item() for a, b in zip(student.state_dict().values(),
                                                               teacher.state_dict().values()))
     assert moved > 0
