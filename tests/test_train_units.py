@@ -314,3 +314,16 @@ def test_ema_update_is_the_lerp_of_every_parameter_in_fp32_and_leaves_the_module
     for p, b in zip(net.parameters(), before):
         assert torch.equal(p, b) and p.grad is None
     assert not any(s.requires_grad for s in ema.shadow)
+
+
+def test_run_logger_keeps_only_rows_up_to_the_resumed_iteration(tmp_path):
+    from fastui.train.logging import RunLogger
+
+    path = tmp_path / "log.csv"
+    path.write_text("iteration,images,loss_g\n" + "".join(f"{i},{32 * i},{i / 10}\n" for i in range(1, 6)))
+    log = RunLogger(tmp_path, 10, 3, 32, active=True, tensorboard=False, progress=False)
+    assert path.read_text().splitlines()[1:] == ["1,32,0.1", "2,64,0.2", "3,96,0.3"]
+    log.log(4, 128, {"loss_g": 0.4})
+    assert [line.split(",")[0] for line in path.read_text().splitlines()] == ["iteration", "1", "2", "3", "4"]
+    RunLogger(tmp_path, 10, 0, 32, active=True, tensorboard=False, progress=False)  # started over: no stale rows
+    assert not path.exists()

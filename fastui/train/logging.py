@@ -37,9 +37,23 @@ class RunLogger:
 
             self.bar = tqdm(total=total_iterations, initial=start_iteration, unit="it", dynamic_ncols=True)
         if self.active and self.csv_path.exists():  # a resumed run appends to the same CSV
-            with open(self.csv_path) as f:
-                header = f.readline().strip()
-            self.columns = header.split(",") if header else None
+            self._keep_rows_up_to(start_iteration)
+
+    def _keep_rows_up_to(self, iteration: int) -> None:
+        """Drop rows logged after ``iteration`` (by a run killed after its last checkpoint, or an earlier run
+        started over), so a resumed run's CSV has each iteration once; rewrites the file atomically."""
+        lines = self.csv_path.read_text().splitlines()
+        if not lines or not lines[0]:
+            return
+        rows = [line for line in lines[1:] if line and int(line.split(",", 1)[0]) <= iteration]
+        if not rows:
+            self.csv_path.unlink()
+            return
+        self.columns = lines[0].split(",")
+        if len(rows) < len(lines) - 1:
+            tmp = self.csv_path.with_suffix(".csv.tmp")
+            tmp.write_text("\n".join([lines[0], *rows]) + "\n")
+            tmp.replace(self.csv_path)
 
     def log(self, iteration: int, images: int, values: dict[str, float]) -> dict[str, float]:
         """Write one row; returns the row (with ``images_per_s``)."""
