@@ -84,10 +84,15 @@ def main(argv: list[str] | None = None) -> None:
         i, j = torch.randint(0, pool, (32,)), torch.randint(0, n_train, (32,))
         sigma = _log_sigma(32)
         n = torch.randn(32, 1, 32, 32) * sigma.view(-1, 1, 1, 1)
-        d, logit_fake, logit_real = net(fake[j] + n, sigma, fake_c[j], mode="train", real=real[i] + n,
-                                        real_labels=real_c[i])
+        if args.dsm:
+            d, logit_fake, logit_real = net(fake[j] + n, sigma, fake_c[j], mode="train", real=real[i] + n,
+                                            real_labels=real_c[i])
+            l_fake = fastui.fake_score_loss(d.float(), fake[j], sigma)
+        else:  # the discriminator alone: no fake-score forward
+            logit_fake = net(fake[j] + n, sigma, fake_c[j], mode="logits")
+            logit_real = net(real[i] + n, sigma, real_c[i], mode="logits")
+            l_fake = torch.zeros(())
         l_disc = fastui.discriminator_loss(logit_fake, logit_real)
-        l_fake = fastui.fake_score_loss(d.float(), fake[j], sigma)
         opt.zero_grad()
         (args.weight * l_disc + args.dsm * l_fake).backward()
         opt.step()
