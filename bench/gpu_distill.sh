@@ -43,9 +43,9 @@ COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-e
 # b128g10 (EMA 20k, gan_weight 10) and b128g3e50 (= configs/demo_fmnist_gpu.toml, the best: 65.7 at 162k images).
 # An iteration costs ~0.35 s almost whatever the batch, so the next variants raise the batch (lr x2 with batch x4-8),
 # and one tries torch.compile (fewer, fused kernels; its compile time counts against the minutes). Session 5: the
-# default conv head (depth 2, 7x7-pixel patches) tells the b128g3e50 generator's samples from real images only 54-57%
-# of the time at sigma < 0.3 after 3000 Adam steps, a depth-4 head 75-78% (/tmp probe, README "Longer
-# configuration"), so the GAN term of the config is mostly noise: gpud4 tries the deeper head.
+# default conv head (depth 2, 7x7-pixel patches) tells the b128g3e50 generator's samples from real images 60-66% of
+# the time at sigma < 0.3 after 3000 Adam steps, a depth-4 head 72-75% (bench.disc_probe, README "On the CPU,
+# resumable"); on the CPU depth 4 was ~1 FID point better at 16k-62k images: gpud4 tries the deeper head.
 B512="--set batch.global_size=512 --set batch.micro=512"
 LR2="--set optim.lr_g=2e-4 --set optim.lr_fake=6e-4"
 VARIANTS=(
