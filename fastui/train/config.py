@@ -339,8 +339,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{sec}.{key} must be >= 1, got {getattr(getattr(cfg, sec), key)}")
     for sec, key in (("run", "grid_every_images"), ("run", "ckpt_every_images"), ("batch", "grad_accum"),
                      ("schedule", "k_fake"), ("schedule", "warmup_images"), ("schedule", "ratio_start_images"),
-                     ("run", "grid_size"), ("run", "max_minutes"),
-                     ("run", "snapshot_every_images")):
+                     ("run", "grid_size"), ("run", "max_minutes"), ("run", "snapshot_every_images")):
         if getattr(getattr(cfg, sec), key) < 0:
             raise ConfigError(f"{sec}.{key} must be >= 0, got {getattr(getattr(cfg, sec), key)}")
     if cfg.optim.impl not in ("torch", "apex", "deepspeed"):
