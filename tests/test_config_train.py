@@ -9,7 +9,7 @@ import pytest
 
 from fastui import divergences
 from fastui.train.__main__ import main
-from fastui.train.config import ConfigError, describe, load_config, resolve
+from fastui.train.config import ConfigError, describe, load_config, resolve, to_dict
 from fastui.train.engines import deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +112,13 @@ def test_describe_documents_every_field():
     text = describe()
     assert "[loss]" in text and "divergence" in text
     assert all("#  " not in line and line.rstrip()[-1] != "#" for line in text.splitlines() if "=" in line)
+
+
+def test_fmnist_demo_configs_load_and_the_cpu_one_is_the_measured_cpu_run():
+    """The CPU long config is the GPU config with the overrides of the measured CPU run (README, "On the CPU")."""
+    cfgs = {p.stem: load_config(p) for p in (ROOT / "configs").glob("demo_fmnist*.toml")}
+    assert {"demo_fmnist", "demo_fmnist_long", "demo_fmnist_gpu", "demo_fmnist_cpu"} <= set(cfgs)
+    measured = load_config(ROOT / "configs" / "demo_fmnist_gpu.toml", [
+        "--batch.global_size=32", "--batch.micro=32", "--discriminator.depth=4", "--run.snapshot_every_images=16000",
+        "--run.ckpt_every_images=16000", "--run.progress=false", "--run.out_dir=runs/fmnist_cpu", "--run.name=long"])
+    assert to_dict(cfgs["demo_fmnist_cpu"]) == to_dict(measured)
