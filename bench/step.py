@@ -133,8 +133,8 @@ class _Losses(types.SimpleNamespace):
         return getattr(fastui, name)
 
 
-# The product gaps this bench bridges (each is a request in /work/team/requests.md); a shim is applied only while the
-# product lacks the behaviour, and its name goes into the CSV row.
+# The product gaps this bench bridges (each was missing from the product when the bench was written); a shim is
+# applied only while the product lacks the behaviour, and its name goes into the CSV row.
 SHIMS = {
     "fused_loss": "train.step calls fastui.preset_loss/fake_score_loss = the unfused reference; bench routes them "
                   "to fastui.ops",

@@ -122,3 +122,18 @@ def test_fmnist_demo_configs_load_and_the_cpu_one_is_the_measured_cpu_run():
         "--batch.global_size=32", "--batch.micro=32", "--discriminator.depth=4", "--run.snapshot_every_images=16000",
         "--run.ckpt_every_images=16000", "--run.progress=false", "--run.out_dir=runs/fmnist_cpu", "--run.name=long"])
     assert to_dict(cfgs["demo_fmnist_cpu"]) == to_dict(measured)
+
+
+def test_readme_configuration_table_names_every_key():
+    """README "Configuration reference": one row per section, naming each of its keys (docs that match the code)."""
+    import dataclasses
+    import re
+
+    from fastui.train.config import _sections
+
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `\[(\w+)\]` \| (.*) \|$",
+                                                        (ROOT / "README.md").read_text(), re.MULTILINE)}
+    for sec, cls in _sections().items():
+        assert sec in rows, f"README configuration table lacks [{sec}]"
+        for f in dataclasses.fields(cls):
+            assert re.search(rf"\b{f.name}\b", rows[sec]), f"README configuration table lacks {sec}.{f.name}"

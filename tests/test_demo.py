@@ -72,7 +72,7 @@ def test_demo_without_reference_statistics_stops_before_training_and_says_how_to
     rc = demo.main(_smoke_args(tiny_teacher, out, "--ref", str(tmp_path / "missing.npz")))
     assert rc == 2
     err = capsys.readouterr().err
-    assert "fastui eval --ref fmnist-test --out" in err and "--skip-fid" in err
+    assert "fastui eval --ref fmnist-test --ref-n 2000 --out" in err and "--skip-fid" in err
     assert not (out / "distill").exists()
 
 

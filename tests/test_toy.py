@@ -12,7 +12,7 @@ from fastui import cli
 from fastui.analytic import ring8
 from fastui.toy import ToyConfig, energy_distance, mode_coverage, train
 
-# Thresholds and why (measurements in /work/team/readme/toy.md). The full run (2000 steps of 1024, ~60 s of CPU)
+# Thresholds and why (measurements: README, "2-D toy distillation"). The full run (2000 steps of 1024, ~60 s of CPU)
 # is what covers all 8 modes with >= 5% each; it is too long for the suite, so these short runs (seed 0, one thread,
 # deterministic) check the earlier stage with a factor ~2 of margin:
 # - fkl, 400 steps of 256 (~8 s of CPU): measured energy distance 0.0103 (0.42 at its start, i.e. with 0 generator
