@@ -11,6 +11,7 @@ and noise as in the engine's fake step (MATH §3). Each Adam step (lr 3e-4, beta
 ``weight x L_disc + dsm x L_fake``; ``--dsm 0`` trains the discriminator alone. Prints ``L_disc`` (2 ln 2 = 1.386
 means chance) and ``L_fake`` every 10 steps; with ``--held-out N``, at the end, ``L_disc`` and the accuracy (mean of
 the fake and real hit rates, sign of the patch-mean logit) on N unseen real images and N unseen samples by sigma band.
+The training pool holds 2,048 real images and 256 samples of the initial generator, or 2,048 of ``--generator``.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from fastui.train.models import FakeScoreWithDisc
 BANDS = ((0.0, 0.1), (0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, float("inf")))
 
 
-def _log_sigma(n: int) -> torch.Tensor:
+def _sample_sigma(n: int) -> torch.Tensor:
     return (torch.randn(n) * 1.2 - 1.2).exp()
 
 
 def held_out(net, fake, fake_c, real, real_c) -> list[str]:
     """Per-sigma-band ``L_disc`` and accuracy of ``net``'s discriminator on unseen fake / real images."""
     n = len(fake)
-    sigma = _log_sigma(n)
+    sigma = _sample_sigma(n)
     noise = torch.randn_like(fake) * sigma.view(-1, 1, 1, 1)
     with torch.no_grad():
         lf = net(fake + noise, sigma, fake_c, mode="logits").mean(1)
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--generator", default="", help="one-step generator checkpoint (default: the initial generator)")
     p.add_argument("--held-out", type=int, default=0, help="unseen images of each kind scored at the end")
     args = p.parse_args(argv)
+    if not 1 <= args.depth <= 8 or args.held_out < 0 or args.steps < 1:
+        p.error("--depth must be in 1..8, --held-out >= 0 and --steps >= 1")
+    if args.kind == "shared" and args.depth != 2:
+        p.error("--depth applies to --kind conv only")
     torch.manual_seed(args.seed)
 
     pool = 2048
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     n_train = n_fake - args.held_out
     for step in range(1, args.steps + 1):
         i, j = torch.randint(0, pool, (32,)), torch.randint(0, n_train, (32,))
-        sigma = _log_sigma(32)
+        sigma = _sample_sigma(32)
         n = torch.randn(32, 1, 32, 32) * sigma.view(-1, 1, 1, 1)
         if args.dsm:
             d, logit_fake, logit_real = net(fake[j] + n, sigma, fake_c[j], mode="train", real=real[i] + n,

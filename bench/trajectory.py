@@ -33,8 +33,8 @@ def _checkpoints(run: Path) -> list[tuple[str, Path]]:
     from fastui.teachers import is_checkpoint_dir
 
     d = run / "distill" if (run / "distill").is_dir() else run
-    out = [(f"{run.name}/{int(s.name)}", s) for s in sorted((d / "snapshots").glob("*"))
-           if s.name.isdigit() and is_checkpoint_dir(s)]
+    snaps = sorted((s for s in (d / "snapshots").glob("*") if s.name.isdigit()), key=lambda s: int(s.name))
+    out = [(f"{run.name}/{int(s.name)}", s) for s in snaps if is_checkpoint_dir(s)]
     if is_checkpoint_dir(d / "generator_ema"):
         out.append((f"{run.name}/final", d / "generator_ema"))
     return out

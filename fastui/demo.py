@@ -59,8 +59,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data", default=None,
                    help="shard directory of real images for the GAN/ratio branches (default: made in OUT/shards "
                         "from the Debian package dataset-fashion-mnist when the method needs it), or 'synthetic'")
-    p.add_argument("--snapshot-every", type=int, default=0,
-                   help="export the EMA generator every this many generated images to OUT/distill/snapshots/")
+    p.add_argument("--snapshot-every", type=int, default=None,
+                   help="export the EMA generator every this many generated images to OUT/distill/snapshots/ "
+                        "(default: the config's run.snapshot_every_images; 0 = never)")
     p.add_argument("--batch", type=int, default=100, help="sampling batch size")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -86,6 +87,8 @@ def _overrides(args: argparse.Namespace, out: Path) -> list[str]:
         ov.append(f"--loss.divergence={args.divergence or ''}")
     elif args.divergence:
         ov.append(f"--loss.divergence={args.divergence}")
+    if args.snapshot_every is not None:
+        ov.append(f"--run.snapshot_every_images={args.snapshot_every}")
     ov += [s if s.startswith("--") else f"--{s}" for s in args.set]
     return ov
 
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = distill(cfg, res, minutes=None if args.cpu_seconds is not None else args.minutes,
                   cpu_seconds=args.cpu_seconds, iterations=args.iterations, progress=progress,
-                  snapshot_every_images=args.snapshot_every)
+                  snapshot_every_images=cfg.run.snapshot_every_images)
     print(f"distilled: {run['iterations']} iterations, {run['images']} generated images in {run['wall_s']:.0f} s "
           f"({run['cpu_s']:.0f} CPU-s, {run['images'] / max(run['wall_s'], 1e-9):.1f} images/s); generator -> "
           f"{run['generator_dir']}",

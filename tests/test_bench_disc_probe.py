@@ -28,3 +28,11 @@ def test_probe_of_a_saved_generator_prints_held_out_loss_and_accuracy(tmp_path, 
     assert head and 0 < float(head[1]) < 10 and 0 <= float(head[2]) <= 1
     bands = re.findall(r"sigma in \[[^)]*\): (\d+) pairs", out)
     assert bands and sum(map(int, bands)) == 40
+
+
+@pytest.mark.parametrize("args", [["--kind", "conv", "--depth", "0"], ["--kind", "conv", "--held-out", "-1"],
+                                  ["--kind", "shared", "--depth", "4"]])
+def test_probe_rejects_bad_arguments_before_loading_anything(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        disc_probe.main(args)
+    assert e.value.code == 2 and "--depth" in capsys.readouterr().err

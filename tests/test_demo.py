@@ -59,8 +59,9 @@ def test_demo_smoke_run_writes_grid_table_and_a_trained_generator(tiny_teacher, 
     # --snapshot-every 32: the EMA generator after each iteration of 32, the last one the exported generator
     snaps = sorted((out / "distill" / "snapshots").iterdir())
     assert [p.name for p in snaps] == ["000000032", "000000064"]
-    assert all(torch.equal(a, b) for a, b in zip(load_checkpoint(snaps[-1]).state_dict().values(),
-                                                 student.state_dict().values()))
+    snap_state, student_state = load_checkpoint(snaps[-1]).state_dict(), student.state_dict()
+    assert snap_state.keys() == student_state.keys()
+    assert all(torch.equal(snap_state[k], student_state[k]) for k in snap_state)
     moved = max((a - b).abs().max().item() for a, b in zip(student.state_dict().values(),
                                                               teacher.state_dict().values()))
     assert moved > 0
@@ -76,10 +77,13 @@ def test_demo_without_reference_statistics_stops_before_training_and_says_how_to
     assert not (out / "distill").exists()
 
 
-def test_demo_rejects_an_unknown_method_with_exit_code_2(tiny_teacher, tmp_path, capsys):
-    rc = demo.main(_smoke_args(tiny_teacher, tmp_path / "demo", "--skip-fid", "--method", "nope"))
+@pytest.mark.parametrize(("args", "key"), [(("--method", "nope"), "loss.method"),
+                                           (("--snapshot-every", "-5"), "snapshot_every_images")])
+def test_demo_rejects_a_bad_setting_with_exit_code_2(tiny_teacher, tmp_path, capsys, args, key):
+    rc = demo.main(_smoke_args(tiny_teacher, tmp_path / "demo", "--skip-fid", *args))
     assert rc == 2
-    assert "loss.method" in capsys.readouterr().err
+    assert key in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "distill").exists()
 
 
 @pytest.mark.slow  # Inception on the CPU: ~15 s on an idle 2-core machine, minutes when it is shared

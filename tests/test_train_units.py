@@ -142,11 +142,15 @@ def test_snapshots_export_the_ema_generator_at_each_multiple_of_the_interval(tmp
            "--run.tensorboard=false"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    run = out / "snap"
+    (run / "snapshots" / "000000256").mkdir(parents=True)  # left by an earlier run started over: removed
+    (run / "grids").mkdir()
+    (run / "grids" / "000000000256.png").write_bytes(b"")
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=str(ROOT_DIR),
                           env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = out / "snap"
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["000000128"]  # 64, 128, 192 images done
+    assert not (run / "grids" / "000000000256.png").exists()
     snap = torch.load(run / "snapshots" / "000000128" / "weights.pt", weights_only=True)
     final = torch.load(run / "generator_ema" / "weights.pt", weights_only=True)
     assert snap.keys() == final.keys() and (run / "snapshots" / "000000128" / "arch.json").exists()
@@ -327,3 +331,17 @@ def test_run_logger_keeps_only_rows_up_to_the_resumed_iteration(tmp_path):
     assert [line.split(",")[0] for line in path.read_text().splitlines()] == ["iteration", "1", "2", "3", "4"]
     RunLogger(tmp_path, 10, 0, 32, active=True, tensorboard=False, progress=False)  # started over: no stale rows
     assert not path.exists()
+
+
+def test_run_logger_resume_drops_a_row_cut_short_and_keeps_rows_narrower_than_a_grown_header(tmp_path):
+    """A kill in mid-append leaves a partial last row (no newline); rows from before a statistic joined the header
+    have fewer fields and stay."""
+    from fastui.train.logging import RunLogger
+
+    path = tmp_path / "log.csv"
+    path.write_text("iteration,images,loss_g,loss_gan\n1,32,0.1\n2,64,0.2,0.5\n3,96,0.3,0.4\n4,1")
+    RunLogger(tmp_path, 10, 5, 32, active=True, tensorboard=False, progress=False)
+    assert path.read_text() == "iteration,images,loss_g,loss_gan\n1,32,0.1\n2,64,0.2,0.5\n3,96,0.3,0.4\n"
+    path.write_text("iteration,images,loss_g\n1,32,0.1\nx1,64,0.2\n")  # garbled first field
+    RunLogger(tmp_path, 10, 5, 32, active=True, tensorboard=False, progress=False)
+    assert path.read_text() == "iteration,images,loss_g\n1,32,0.1\n"

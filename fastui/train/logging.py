@@ -42,18 +42,25 @@ class RunLogger:
     def _keep_rows_up_to(self, iteration: int) -> None:
         """Drop rows logged after ``iteration`` (by a run killed after its last checkpoint, or an earlier run
         started over), so a resumed run's CSV has each iteration once; rewrites the file atomically."""
-        lines = self.csv_path.read_text().splitlines()
+        text = self.csv_path.read_text()
+        lines = text.splitlines()
         if not lines or not lines[0]:
             return
-        rows = [line for line in lines[1:] if line and int(line.split(",", 1)[0]) <= iteration]
+        width = len(lines[0].split(","))
+        whole = lines[1:] if text.endswith("\n") else lines[1:-1]  # a kill in mid-write cuts the last row short
+        rows = [line for line in whole if _iteration_of(line, width) <= iteration]
         if not rows:
             self.csv_path.unlink()
             return
         self.columns = lines[0].split(",")
         if len(rows) < len(lines) - 1:
-            tmp = self.csv_path.with_suffix(".csv.tmp")
-            tmp.write_text("\n".join([lines[0], *rows]) + "\n")
-            tmp.replace(self.csv_path)
+            self._rewrite([lines[0], *rows])
+
+    def _rewrite(self, lines: list[str]) -> None:
+        """Replace the CSV atomically (a kill leaves the old file or the new one, never half of one)."""
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.csv_path)
 
     def log(self, iteration: int, images: int, values: dict[str, float]) -> dict[str, float]:
         """Write one row; returns the row (with ``images_per_s``)."""
@@ -75,10 +82,7 @@ class RunLogger:
         extra = [k for k in row if k not in self.columns]
         if extra:  # a new statistic (e.g. the GAN loss after its start): rewrite the header, keep old rows
             self.columns += extra
-            lines = self.csv_path.read_text().splitlines()[1:]
-            with open(self.csv_path, "w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
-                f.writelines(line + "\n" for line in lines)
+            self._rewrite([",".join(self.columns), *self.csv_path.read_text().splitlines()[1:]])
         with open(self.csv_path, "a", newline="") as f:
             csv.writer(f).writerow(["" if row.get(c) is None else row.get(c) for c in self.columns])
         if self.tb is not None:
@@ -93,3 +97,13 @@ class RunLogger:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _iteration_of(line: str, width: int) -> float:
+    """The iteration of a CSV row; ``inf`` (dropped on resume) for a garbled one. Rows written before a statistic
+    was added to the header are narrower than it; none is wider."""
+    fields = line.split(",")
+    try:
+        return int(fields[0]) if 1 < len(fields) <= width else float("inf")
+    except ValueError:
+        return float("inf")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from dataclasses import asdict
@@ -147,6 +148,22 @@ def export_ema(run_dir: Path, ema: Ema, gen_module, rank: int, name: str = "gene
     return out
 
 
+def _drop_outputs_after(run_dir: Path, images: int) -> None:
+    """Remove the snapshots and grids named by more than ``images`` (the starting point): they come from a run killed
+    after its last checkpoint, or from an earlier run started over, and would mix into this run's trajectory. The
+    log's rows are dropped the same way (:class:`RunLogger`)."""
+    stale = [p for p in (run_dir / "snapshots").glob("*") if p.name.isdigit() and int(p.name) > images]
+    stale += [p for p in (run_dir / "grids").glob("*.png") if p.stem.isdigit() and int(p.stem) > images]
+    for p in sorted(stale):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    if stale:
+        print(f"fastui train: removed {len(stale)} snapshot(s)/grid(s) of more than {images:,} images in {run_dir} "
+              "(written after the checkpoint this run starts from)", flush=True)
+
+
 class Setup(SimpleNamespace):
     """What :func:`setup` builds: ``device, rank, world, teacher, gen, fake, ema, ctx, loader, shape, label_dim``."""
 
@@ -231,6 +248,8 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
         elif rank == 0:
             print(f"fastui train: no complete checkpoint in {ckpt_dir}; starting from scratch", flush=True)
 
+    if rank == 0 and run_dir is not None and not dry_run:
+        _drop_outputs_after(run_dir, start_it * res.global_size)
     logger = RunLogger(run_dir, total_it, start_it, res.global_size, active=rank == 0,
                        tensorboard=cfg.run.tensorboard, progress=cfg.run.progress and not dry_run)
     last: dict = {}
