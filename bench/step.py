@@ -9,10 +9,11 @@ Providers (same networks, weights, random draws, batch and precision):
   no activation checkpointing.
 - ``fastui[+options]``: the product's step, :func:`fastui.train.step.train_iteration`, on networks and engines built by
   :mod:`fastui.train` from a :class:`~fastui.train.config.Config` whose knobs are the options: fused loss
-  (``fastui.ops``), activation checkpointing (``model.activation_checkpointing``), ``torch.compile`` (``model.compile``),
-  bf16 autocast with fp32 loss maths (``engine.autocast_bf16``), fused Adam (``optim.fused``), channels_last
-  (``model.channels_last``). Where the product does not yet do what an option asks (see ``SHIMS``), the bench applies
-  a small, named shim and writes its name into the row's ``shims`` column, so no number hides what produced it.
+  (``fastui.ops``), activation checkpointing (``model.activation_checkpointing``), ``torch.compile``
+  (``model.compile``), bf16 autocast with fp32 loss maths (``engine.autocast_bf16``), fused Adam (``optim.fused``),
+  channels_last (``model.channels_last``). Where the product does not yet do what an option asks (see ``SHIMS``), the
+  bench applies a small, named shim and writes its name into the row's ``shims`` column, so no number hides what
+  produced it.
 
 Each CSV row (``bench/results/step.csv``) carries images/s (p20/p50/p80 of the iteration time), peak memory (GPU),
 model FLOPs of one iteration (``torch.utils.flop_counter.FlopCounterMode`` on the reference iteration: recomputation
@@ -662,7 +663,8 @@ def main(argv: list | None = None) -> int:
                     help="the device's settings with tiny networks, batch 2, 2 repetitions (checks the code paths)")
     ap.add_argument("--profile", default="", help="write a torch.profiler table of the first setting here")
     ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads (default 1: on a shared, loaded machine OpenMP barriers make 2 threads ~10x slower)")
+                    help="CPU threads (default 1: on a shared, loaded machine OpenMP barriers make 2 threads ~10x "
+                         "slower)")
     ap.add_argument("--adam", default="torch", choices=["torch", "apex", "deepspeed"],
                     help="optim.impl of the fastui rows: torch's (fused) Adam, apex's FusedAdam (CUDA) or DeepSpeed's "
                          "FusedAdam / DeepSpeedCPUAdam")

@@ -172,7 +172,8 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
                     writer.writeheader()
                 writer.writerow(row)
                 log_file.flush()
-            if snapshot_every_images and (it * every) // snapshot_every_images > ((it - 1) * every) // snapshot_every_images:
+            snap = snapshot_every_images
+            if snap and (it * every) // snap > ((it - 1) * every) // snap:
                 export_ema(run_dir, s.ema, s.gen.module, s.rank, f"snapshots/{it * every:09d}")
             if bar is not None:
                 done = {"cpu-s": time.process_time() - c0, "s": time.perf_counter() - t0}.get(bar.unit, it)

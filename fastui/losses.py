@@ -65,7 +65,8 @@ class FakeScoreLoss(nn.Module):
     def __init__(self, *, sigma_data: float = 0.5, reduction: str = "mean", return_stats: bool = False,
                  backend: str | None = None):
         super().__init__()
-        self.kwargs = {"sigma_data": sigma_data, "reduction": reduction, "return_stats": return_stats, "backend": backend}
+        self.kwargs = {"sigma_data": sigma_data, "reduction": reduction, "return_stats": return_stats,
+                       "backend": backend}
 
     def forward(self, d_fake: torch.Tensor, x_g: torch.Tensor, sigma):
         """Shapes: ``d_fake, x_g``: ``[B, ...]``; ``sigma``: ``[B]`` or scalar. Returns the loss."""

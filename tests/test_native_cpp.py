@@ -135,7 +135,8 @@ def test_core_excludes_rows_whose_sums_overflow_in_fp32():
     x, dt, df, k = random_core(2, 64, seed=4)
     dt[0] = 3e38  # every entry finite, the fp32 sums are not
     out = run_core(x, dt, df, k, False, float("inf"), torch.float32)
-    assert out[1].tolist() == [False, True] == reference_core(x, dt, df, k, False, float("inf"), torch.float32)[1].tolist()
+    ref = reference_core(x, dt, df, k, False, float("inf"), torch.float32)
+    assert out[1].tolist() == [False, True] == ref[1].tolist()
     assert out[0][0] == 0 and all(torch.equal(g[0], torch.zeros_like(g[0])) for g in out[2:])
     check_core(x[1:], dt[1:], df[1:], k[:, 1:], False, float("inf"), torch.float32)
 

@@ -67,7 +67,8 @@ def test_loss_weight_normalises_the_trivial_denoiser_error():
 def test_tiny_teacher_run_writes_checkpoint_grid_and_resumes(tmp_path):
     out = tmp_path / "run"
     common = ["--config", "configs/teacher_fmnist.toml", "--device", "cpu", "--tiny", "--out", str(out),
-              "--data-root", FMNIST, "--no-progress", "--train.batch=4", "--log.grid_n=2", "--log.grid_steps=1", "--log.log_every=1"]
+              "--data-root", FMNIST, "--no-progress", "--train.batch=4", "--log.grid_n=2", "--log.grid_steps=1",
+              "--log.log_every=1"]
     assert T.main(common + ["--max-steps", "2"]) == 0
     for name in ("config.json", "training-state.pt", "teacher/arch.json", "teacher/weights.pt"):
         assert (out / name).is_file(), name

@@ -94,14 +94,16 @@ def worker(out_dir: Path, ref: bool) -> None:
             same_params = all(torch.equal(before[0][k], after[0][k]) for k in before[0])
             same_opt = len(before[1]) == len(after[1]) and all(torch.equal(a, b) for a, b in zip(before[1], after[1]))
             same_teacher = all(torch.equal(before[2][k], after[2][k]) for k in before[2])
-            no_grads = all(p.grad is None for p in list(s.fake.module.parameters()) + list(s.teacher.module.parameters()))
+            frozen = list(s.fake.module.parameters()) + list(s.teacher.module.parameters())
+            no_grads = all(p.grad is None for p in frozen)
             isolation.append((same_params, same_opt, same_teacher, no_grads))
         p_bytes, o_bytes = 0, 0
         for eng in (s.gen, s.fake):
             pb, ob = eng.state_bytes()
             p_bytes, o_bytes = p_bytes + pb, o_bytes + ob
-        results[f"{backend}{stage}" + ("_accum" if accum > 1 else "")] = {"generator": _full(s.gen.module), "fake": _full(s.fake.module),
-                                        "isolation": isolation, "bytes": p_bytes + o_bytes}
+        results[f"{backend}{stage}" + ("_accum" if accum > 1 else "")] = {
+            "generator": _full(s.gen.module), "fake": _full(s.fake.module), "isolation": isolation,
+            "bytes": p_bytes + o_bytes}
         dist.barrier()
     if dist.get_rank() == 0:
         torch.save(results, out_dir / ("ref.pt" if ref else "dist.pt"))
@@ -117,7 +119,8 @@ def _env():
 def dist_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero")
     me = str(Path(__file__).resolve())
-    r1 = subprocess.run([PY, me, "worker", str(out), "--ref"], env=_env(), check=False, capture_output=True, text=True, timeout=600)
+    r1 = subprocess.run([PY, me, "worker", str(out), "--ref"], env=_env(), check=False, capture_output=True,
+                        text=True, timeout=600)
     assert r1.returncode == 0, r1.stdout[-3000:] + r1.stderr[-3000:]
     r2 = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29611", me,
                          "worker", str(out)], env=_env(), check=False, capture_output=True, text=True, timeout=600)

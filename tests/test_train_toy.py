@@ -31,8 +31,8 @@ def test_ring8_through_engine_matches_toy_loop_energy_distance(tmp_path):
         env.pop(k, None)
     r = subprocess.run([sys.executable, "-m", "fastui.train", "--config", "configs/toy_ring8.toml",
                         f"--run.out_dir={tmp_path}", "--run.name=toy", f"--run.duration_images={STEPS * 1024}",
-                        "--run.progress=false", "--run.tensorboard=false"], env=env, check=False, capture_output=True, text=True,
-                       timeout=600, cwd=ROOT)
+                        "--run.progress=false", "--run.tensorboard=false"], env=env, check=False,
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     export = tmp_path / "toy" / "generator_ema"
     net = MLPDenoiser(json.loads((export / "arch.json").read_text()))

@@ -101,7 +101,8 @@ def test_activation_checkpointing_config_reaches_the_networks():
     from fastui.train.config import load_config
     from fastui.train.models import build_networks
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.toml", ['--model.activation_checkpointing=["fake", "generator"]'])
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.toml",
+                      ['--model.activation_checkpointing=["fake", "generator"]'])
     teacher, gen, fake = build_networks(cfg, torch.device("cpu"), dry_run=True)
     assert gen.model.use_checkpoint and fake.fake.model.use_checkpoint and not teacher.model.use_checkpoint
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -230,7 +231,8 @@ def test_deepspeed_cpu_adam_takes_the_same_step_as_torch_adam():
 
 def test_conv_head_depth_sets_patch_grid_and_receptive_field():
     """discriminator.depth: stride-2 convolutions of the conv head. Depth 2 keeps the original layout (checkpoints
-    load); at 32x32, depth 4 gives a 2x2 grid whose last patch sees pixel (1, 1), which depth 2's last patch does not."""
+    load); at 32x32, depth 4 gives a 2x2 grid whose last patch sees pixel (1, 1), which depth 2's last patch does
+    not."""
     from fastui.train.config import ConfigError, load_config
     from fastui.train.models import ConvHead
 
@@ -247,7 +249,8 @@ def test_conv_head_depth_sets_patch_grid_and_receptive_field():
     assert l2.shape == (2, 64) and l4.shape == (2, 4)
     assert torch.equal(l2[:, -1], l2b[:, -1]) and not torch.equal(l4[:, -1], l4b[:, -1])
     mlp = ConvHead((2,), 8, depth=3)
-    assert sum(isinstance(m, torch.nn.Linear) for m in mlp.net) == 4 and mlp(torch.randn(5, 2), torch.ones(5)).shape == (5, 1)
+    assert sum(isinstance(m, torch.nn.Linear) for m in mlp.net) == 4
+    assert mlp(torch.randn(5, 2), torch.ones(5)).shape == (5, 1)
     for bad in (0, 9):
         with pytest.raises(ConfigError, match="discriminator.depth"):
             resolve(load_config("configs/toy_ring8.toml", [f"--discriminator.depth={bad}"]), 1)

@@ -1,9 +1,9 @@
 """Parity tolerances of every backend against the fp64 reference, in ONE table (STYLE.md 4).
 
 Error of a result ``y`` against the float64 reference ``y64`` (same inputs, upcast): ``max |y - y64| / max |y64|``.
-A backend passes when ``err_backend <= K * err_reference + FLOOR``, where ``err_reference`` is the error of the pure-torch
-reference run in the same dtype: a fused kernel may be at most ``K`` times as wrong as PyTorch itself. ``FLOOR`` absorbs
-the case where the reference happens to be exact (e.g. fp32 gradients that round identically).
+A backend passes when ``err_backend <= K * err_reference + FLOOR``, where ``err_reference`` is the error of the
+pure-torch reference run in the same dtype: a fused kernel may be at most ``K`` times as wrong as PyTorch itself.
+``FLOOR`` absorbs the case where the reference happens to be exact (e.g. fp32 gradients that round identically).
 
 Example:
     >>> from fastui.backends.tolerances import within

@@ -1,10 +1,10 @@
 """FID of a sampler over fixed seed sets, class-balanced labels, split across ranks, features gathered.
 
-Determinism: sample ``i`` (global index 0..n-1) of seed set ``s`` always gets the same noise (numpy's PCG64
-seeded with ``SeedSequence([s, i])``) and the same label (``balanced_labels(n, C, s)[i]``), whatever the number of ranks or
-the batch size. Rank ``r`` of ``W`` handles the indices ``r, r + W, r + 2W, ...``; the features of all ranks are
-gathered and put back in global index order before the statistics are computed, so a 1-rank and an 8-rank
-evaluation of the same sampler give the same FID up to floating-point nondeterminism of the networks.
+Determinism: sample ``i`` (global index 0..n-1) of seed set ``s`` always gets the same noise (numpy's PCG64 seeded with
+``SeedSequence([s, i])``) and the same label (``balanced_labels(n, C, s)[i]``), whatever the number of ranks or the
+batch size. Rank ``r`` of ``W`` handles the indices ``r, r + W, r + 2W, ...``; the features of all ranks are gathered
+and put back in global index order before the statistics are computed, so a 1-rank and an 8-rank evaluation of the same
+sampler give the same FID up to floating-point nondeterminism of the networks.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ preconditioning (``precond.py``) wraps them. Module names (``map_noise``, ``map_
 ``out_norm``, ``out_conv``) match EDM's so its checkpoints load strictly.
 
 Both expose ``encode`` (mapping + encoder only; the last encoder feature map is the bottleneck used by the
-shared-encoder discriminator) and ``use_checkpoint`` (activation checkpointing of every block whenever gradients are recorded).
+shared-encoder discriminator) and ``use_checkpoint`` (activation checkpointing of every block whenever gradients are
+recorded).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class SongUNet(_UNetBase):
         init = {"init_mode": "xavier_uniform"}
         init_zero = {"init_mode": "xavier_uniform", "init_weight": 1e-5}
         init_attn = {"init_mode": "xavier_uniform", "init_weight": math.sqrt(0.2)}
-        blk = {"emb_channels": emb_channels, "num_heads": 1, "dropout": dropout, "skip_scale": math.sqrt(0.5), "eps": 1e-6,
+        blk = {"emb_channels": emb_channels, "num_heads": 1, "dropout": dropout, "skip_scale": math.sqrt(0.5),
+               "eps": 1e-6,
                    "resample_filter": resample_filter, "resample_proj": True, "adaptive_scale": False, "init": init,
                    "init_zero": init_zero, "init_attn": init_attn}
 
@@ -212,7 +214,8 @@ class DhariwalUNet(_UNetBase):
         emb_channels = model_channels * channel_mult_emb
         init = {"init_mode": "kaiming_uniform", "init_weight": math.sqrt(1 / 3), "init_bias": math.sqrt(1 / 3)}
         init_zero = {"init_mode": "kaiming_uniform", "init_weight": 0, "init_bias": 0}
-        blk = {"emb_channels": emb_channels, "channels_per_head": 64, "dropout": dropout, "init": init, "init_zero": init_zero}
+        blk = {"emb_channels": emb_channels, "channels_per_head": 64, "dropout": dropout, "init": init,
+               "init_zero": init_zero}
 
         self.map_noise = PositionalEmbedding(model_channels)
         self.map_augment = Linear(augment_dim, model_channels, bias=False, **init_zero) if augment_dim else None

@@ -77,7 +77,8 @@ def check_inputs(cfg, opts) -> None:
     if (res.needs_disc or cfg.batch.labels == "data") and not opts["dry_run"] and src == "" \
             and cfg.teacher.spec.split(":", 1)[0] not in ("gmm", "gaussian"):
         raise ConfigError(f"data.source is empty but method {cfg.loss.method!r} needs real images (GAN or density "
-                          "ratio) or batch.labels = 'data'; set data.source, or loss.gan = 'off' and loss.ratio = 'off'")
+                          "ratio) or batch.labels = 'data'; set data.source, or loss.gan = 'off' and "
+                          "loss.ratio = 'off'")
     if cfg.engine.backend == "deepspeed":
         deepspeed_config(cfg, res)
     if opts["resume"] not in ("", "auto") and not (Path(opts["resume"]) / "meta.json").is_file():

@@ -353,8 +353,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.sigma_min must be > 0 and < loss.sigma_max")
     if not 0 < cfg.loss.t_max <= 1000:
         raise ConfigError(f"loss.t_max must be in (0, 1000], got {cfg.loss.t_max}")
-    if cfg.loss.ratio_clip and (len(cfg.loss.ratio_clip) != 2 or not 0 < cfg.loss.ratio_clip[0] < cfg.loss.ratio_clip[1]):
-        raise ConfigError(f"loss.ratio_clip must be [] or [r_min, r_max] with 0 < r_min < r_max, got {cfg.loss.ratio_clip}")
+    clip = cfg.loss.ratio_clip
+    if clip and (len(clip) != 2 or not 0 < clip[0] < clip[1]):
+        raise ConfigError(f"loss.ratio_clip must be [] or [r_min, r_max] with 0 < r_min < r_max, got {clip}")
     bad = [n for n in cfg.model.activation_checkpointing if n not in CHECKPOINTABLE]
     if bad:
         raise ConfigError(f"model.activation_checkpointing: unknown network(s) {bad}; choose from {CHECKPOINTABLE}")
@@ -433,7 +434,8 @@ def resolve(cfg: Config, world: int) -> Resolved:
     micro, accum, glob = cfg.batch.micro, cfg.batch.grad_accum, cfg.batch.global_size
     if accum == 0:
         if glob % (micro * world):
-            raise ConfigError(f"batch.global_size = {glob} is not a multiple of batch.micro x world = {micro} x {world}")
+            raise ConfigError(f"batch.global_size = {glob} is not a multiple of batch.micro x world = "
+                              f"{micro} x {world}")
         accum = glob // (micro * world)
     elif micro * accum * world != glob:
         raise ConfigError(f"batch.global_size = {glob} but batch.micro x batch.grad_accum x world = "

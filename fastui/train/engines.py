@@ -24,7 +24,8 @@ __all__ = ["Engine", "build_engines", "deepspeed_config", "dist_info", "init_dis
 
 def dist_info() -> tuple[int, int, int]:
     """``(rank, world, local_rank)`` from the environment (torchrun/deepspeed) or ``(0, 1, 0)``."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
 
 
 def init_distributed(cfg: Config, device: torch.device) -> None:
