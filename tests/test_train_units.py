@@ -234,10 +234,10 @@ def test_conv_head_depth_sets_patch_grid_and_receptive_field():
     load); at 32x32, depth 4 gives a 2x2 grid whose last patch sees pixel (1, 1), which depth 2's last patch does
     not."""
     from fastui.train.config import ConfigError, load_config
-    from fastui.train.models import ConvHead
+    from fastui.train.models import PixelHead
 
     shape = (1, 32, 32)
-    two, four = ConvHead(shape, 8), ConvHead(shape, 8, depth=4)
+    two, four = PixelHead(shape, 8), PixelHead(shape, 8, depth=4)
     assert {k: tuple(v.shape) for k, v in two.state_dict().items()} == {
         "net.0.weight": (8, 2, 3, 3), "net.0.bias": (8,), "net.2.weight": (8, 8, 3, 3), "net.2.bias": (8,),
         "net.4.weight": (1, 8, 1, 1), "net.4.bias": (1,)}
@@ -248,7 +248,7 @@ def test_conv_head_depth_sets_patch_grid_and_receptive_field():
         l2, l2b, l4, l4b = two(x, sigma), two(x2, sigma), four(x, sigma), four(x2, sigma)
     assert l2.shape == (2, 64) and l4.shape == (2, 4)
     assert torch.equal(l2[:, -1], l2b[:, -1]) and not torch.equal(l4[:, -1], l4b[:, -1])
-    mlp = ConvHead((2,), 8, depth=3)
+    mlp = PixelHead((2,), 8, depth=3)
     assert sum(isinstance(m, torch.nn.Linear) for m in mlp.net) == 4
     assert mlp(torch.randn(5, 2), torch.ones(5)).shape == (5, 1)
     for bad in (0, 9):
@@ -259,12 +259,12 @@ def test_conv_head_depth_sets_patch_grid_and_receptive_field():
 def test_discriminator_weight_scales_only_the_discriminator_term_of_the_fake_step():
     """discriminator.weight multiplies L_disc inside the fake-score step (DSM term unchanged); it must be > 0."""
     from fastui.train.config import ConfigError, validate
-    from fastui.train.models import ConvHead
+    from fastui.train.models import PixelHead
     from fastui.train.step import StepContext, fake_micro_step
 
     shape = (1, 8, 8)
     torch.manual_seed(0)
-    head = ConvHead(shape, 8)
+    head = PixelHead(shape, 8)
     real = torch.rand(4, *shape) * 2 - 1
 
     class Fake:  # the engine interface fake_micro_step uses: forward(mode="train"), backward, step

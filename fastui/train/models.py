@@ -21,8 +21,8 @@ from torch import nn
 from .config import Config, ConfigError
 
 __all__ = [
-    "ConvHead",
     "FakeScoreWithDisc",
+    "PixelHead",
     "build_network",
     "build_networks",
     "data_shape",
@@ -141,8 +141,10 @@ def data_shape(net: nn.Module) -> tuple[int, ...]:
     raise ConfigError("cannot tell the data shape of the networks (no img_resolution / dim)")
 
 
-class ConvHead(nn.Module):
-    """A small separate discriminator: patch logits from ``x_t`` and ``c_noise`` (images) or an MLP (vectors).
+class PixelHead(nn.Module):
+    """``discriminator.kind = "conv"``: a small separate discriminator on the noisy images themselves, patch logits
+    from ``x_t`` and ``c_noise`` (images) or an MLP (vectors). (Not :class:`fastui.networks.discriminator.ConvHead`,
+    which reads the fake score's bottleneck features.)
 
     Images: ``depth`` 3x3 stride-2 convolutions of ``channels`` (SiLU), then a 1x1 convolution to one logit per patch
     (depth 2: 7x7-pixel receptive fields, an 8x8 grid of patches at 32x32; depth 4: 31x31, 2x2). Vectors: ``depth``
@@ -186,7 +188,7 @@ class FakeScoreWithDisc(nn.Module):
         super().__init__()
         self.fake = fake
         self.kind = kind
-        self.head = ConvHead(shape, channels, depth) if kind == "conv" else None
+        self.head = PixelHead(shape, channels, depth) if kind == "conv" else None
 
     def logits(self, x, sigma, labels=None):
         """Per-patch logits ``[B, P]`` (fp32): channel mean of the fake-score bottleneck, or the conv head."""
