@@ -53,7 +53,8 @@ class Ema:
             else:
                 full = s
             out[name] = full.detach().cpu().clone()
+        persistent = set(self.module.state_dict())
         for name, b in self.module.named_buffers():
-            if name in dict(self.module.state_dict()):
+            if name in persistent:
                 out[name] = b.detach().cpu().clone()
         return out
