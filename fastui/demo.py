@@ -127,7 +127,7 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
     Returns:
         ``{"generator_dir", "iterations", "images", "wall_s", "cpu_s", "last": {logged statistics}}``.
     """
-    from .train.run import export_ema, run_dir_of, setup
+    from .train.run import crossed_every, export_ema, run_dir_of, setup
     from .train.schedule import ema_beta, phase
     from .train.step import train_iteration
 
@@ -172,8 +172,7 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
                     writer.writeheader()
                 writer.writerow(row)
                 log_file.flush()
-            snap = snapshot_every_images
-            if snap and (it * every) // snap > ((it - 1) * every) // snap:
+            if crossed_every(snapshot_every_images, it * every, every):
                 export_ema(run_dir, s.ema, s.gen.module, s.rank, f"snapshots/{it * every:09d}")
             if bar is not None:
                 done = {"cpu-s": time.process_time() - c0, "s": time.perf_counter() - t0}.get(bar.unit, it)

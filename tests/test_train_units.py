@@ -348,3 +348,13 @@ def test_run_logger_resume_drops_a_row_cut_short_and_keeps_rows_narrower_than_a_
     path.write_text("iteration,images,loss_g\n1,32,0.1\nx1,64,0.2\n")  # garbled first field
     RunLogger(tmp_path, 10, 5, 32, active=True, tensorboard=False, progress=False)
     assert path.read_text() == "iteration,images,loss_g\n1,32,0.1\n"
+
+
+@pytest.mark.parametrize("step,per_it", [(16000, 128), (100, 32), (96, 32), (50, 7)])
+def test_crossed_every_fires_once_per_multiple(step, per_it):
+    from fastui.train.run import crossed_every
+    fired = [it * per_it for it in range(1, 200) if crossed_every(step, it * per_it, per_it)]
+    # exactly one iteration per multiple of `step` reached, the first whose image count is at or past it
+    expected = [((k * step + per_it - 1) // per_it) * per_it for k in range(1, 199 * per_it // step + 1)]
+    assert fired == expected
+    assert not any(crossed_every(0, it * per_it, per_it) for it in range(1, 50))

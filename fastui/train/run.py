@@ -256,7 +256,7 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     every = res.global_size
 
     def crossed(step_images: int, images_after: int) -> bool:
-        return step_images > 0 and images_after // step_images > (images_after - every) // step_images
+        return crossed_every(step_images, images_after, every)
 
     deadline = time.monotonic() + 60.0 * cfg.run.max_minutes if cfg.run.max_minutes > 0 and not dry_run else None
     for it in range(start_it, total_it):
@@ -293,6 +293,12 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     if run_dir is not None:
         export_ema(run_dir, ema, gen.module, rank)
     return {**last, "run_dir": str(run_dir) if run_dir else None, "memory": memory}
+
+
+
+def crossed_every(step_images: int, images_after: int, images_per_iteration: int) -> bool:
+    """Whether the iteration that ended at ``images_after`` crossed a multiple of ``step_images`` (0 = never)."""
+    return step_images > 0 and images_after // step_images > (images_after - images_per_iteration) // step_images
 
 
 def _past(deadline: float, world: int) -> bool:
