@@ -97,3 +97,24 @@ def test_resumed_log_has_each_iteration_once_with_the_uninterrupted_values(runs)
     full, cut = rows(runs["full"]), rows(runs["cut"])
     assert [r["iteration"] for r in cut] == [str(i) for i in range(1, ITERATIONS + 1)]
     assert [r["loss_g"] for r in cut] == [r["loss_g"] for r in full]
+
+
+@pytest.mark.parametrize("backend", ["torch", "deepspeed"])
+def test_resume_takes_the_learning_rates_of_its_own_config(tmp_path, backend):
+    """An optimizer's saved state carries the old learning rate; a resumed run uses the one it was given (lr decay
+    from a checkpoint), says so, and keeps the Adam moments."""
+    import csv
+
+    engine = (f"--engine.backend={backend}", f"--engine.zero_stage={int(backend == 'deepspeed')}")
+    first = _run(tmp_path, "lr", f"--run.duration_images={3 * BATCH}", *engine)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run(tmp_path, "lr", "--resume", "auto", *engine, "--optim.lr_g=2.5e-4",
+                  "--optim.lr_fake=5e-4")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "generator optimizer lr 0.001 -> 0.00025" in second.stderr
+    assert "fake optimizer lr 0.001 -> 0.0005" in second.stderr
+    with open(tmp_path / "lr" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["iteration"] for r in rows] == [str(i) for i in range(1, ITERATIONS + 1)]
+    assert {(float(r["lr_g"]), float(r["lr_fake"])) for r in rows[:3]} == {(1e-3, 1e-3)}
+    assert {(float(r["lr_g"]), float(r["lr_fake"])) for r in rows[3:]} == {(2.5e-4, 5e-4)}

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,10 @@ def load(path: Path, engines: dict) -> tuple[dict, dict]:
     if meta.get("world") != world:
         raise RuntimeError(f"checkpoint {path} was written by {meta.get('world')} ranks, this run has {world}")
     for name, eng in engines.items():
-        eng.load(path / name)
+        changed = eng.load(path / name) or {}
+        for key, (saved, now) in changed.items():
+            if _rank() == 0:
+                print(f"fastui train: {name} optimizer {key} {saved} -> {now} (this run's config)", file=sys.stderr)
     per_rank = torch.load(path / f"rank{_rank():05d}.pt", map_location="cpu", weights_only=False)
     set_rng_state(per_rank["rng"])
     return meta, per_rank

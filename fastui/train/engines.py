@@ -156,6 +156,7 @@ class Engine:
         self.kind = cfg.engine.backend
         self.grad_accum = res.grad_accum
         self.micro_steps = 0
+        self.hyper = {"lr": lr, "betas": (cfg.optim.beta1, cfg.optim.beta2), "eps": res.eps}
         opt = make_adam(module.parameters(), cfg, lr, res.eps, device)
         self.guard = _GradGuard(module.parameters(), device, grad_clip)
         if self.kind == "deepspeed":
@@ -237,18 +238,31 @@ class Engine:
             torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                         "micro_steps": self.micro_steps}, directory / f"{self.name}.pt")
 
-    def load(self, directory: Path) -> None:
-        """Restore parameters and optimizer state written by :meth:`save`."""
+    def load(self, directory: Path) -> dict[str, tuple]:
+        """Restore parameters and optimizer state written by :meth:`save`.
+
+        The Adam moments come from the checkpoint; the hyperparameters (lr, betas, eps) from this run's config, so a
+        resumed run may change them (an optimizer's saved state would otherwise bring back the old values).
+        Returns ``{name: (saved, now)}`` for each hyperparameter that changed.
+        """
         if self.kind == "deepspeed":
             path, _ = self.engine.load_checkpoint(str(directory), tag=self.name, load_optimizer_states=True,
                                                   load_lr_scheduler_states=False)
             if path is None:
                 raise FileNotFoundError(f"no DeepSpeed checkpoint {self.name} in {directory}")
-            return
-        state = torch.load(directory / f"{self.name}.pt", map_location=self.device, weights_only=True)
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.micro_steps = int(state["micro_steps"])
+        else:
+            state = torch.load(directory / f"{self.name}.pt", map_location=self.device, weights_only=True)
+            self.module.load_state_dict(state["module"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.micro_steps = int(state["micro_steps"])
+        changed = {}
+        for group in self.optimizer.param_groups:
+            for key, value in self.hyper.items():
+                saved = tuple(group[key]) if key == "betas" else group[key]
+                if saved != value:
+                    changed[key] = (saved, value)
+                group[key] = value
+        return changed
 
     def state_bytes(self) -> tuple[int, int]:
         """Bytes of parameters and optimizer state held by this rank (ZeRO partitions counted locally)."""
