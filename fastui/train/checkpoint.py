@@ -116,8 +116,7 @@ def load(path: Path, engines: dict) -> tuple[dict, dict]:
     if meta.get("world") != world:
         raise RuntimeError(f"checkpoint {path} was written by {meta.get('world')} ranks, this run has {world}")
     for name, eng in engines.items():
-        changed = eng.load(path / name) or {}
-        for key, (saved, now) in changed.items():
+        for key, (saved, now) in eng.load(path / name).items():
             if _rank() == 0:
                 print(f"fastui train: {name} optimizer {key} {saved} -> {now} (this run's config)", file=sys.stderr)
     per_rank = torch.load(path / f"rank{_rank():05d}.pt", map_location="cpu", weights_only=False)

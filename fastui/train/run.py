@@ -295,7 +295,6 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     return {**last, "run_dir": str(run_dir) if run_dir else None, "memory": memory}
 
 
-
 def crossed_every(step_images: int, images_after: int, images_per_iteration: int) -> bool:
     """Whether the iteration that ended at ``images_after`` crossed a multiple of ``step_images`` (0 = never)."""
     return step_images > 0 and images_after // step_images > (images_after - images_per_iteration) // step_images
