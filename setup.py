@@ -65,7 +65,8 @@ def _cuda_lib_dir(nvcc: str) -> str:
     homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
              os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
     try:
-        dry = subprocess.run([nvcc, "-v", "--dryrun", "-c", "x.cu"], capture_output=True, text=True, timeout=60, check=False)
+        dry = subprocess.run([nvcc, "-v", "--dryrun", "-c", "x.cu"], capture_output=True, text=True, timeout=60,
+                             check=False)
         top = re.search(r"^#\$ TOP=(.*)$", dry.stdout + dry.stderr, re.MULTILINE)
         if top:
             homes.append(top.group(1).strip())

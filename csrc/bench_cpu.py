@@ -1,8 +1,9 @@
 """CPU timing of fastui._C's core (forward + gradients) against the eager and torch.compile'd reference.
 
-Usage: ``python csrc/bench_cpu.py [--shapes 64x3x32x32 32x3x64x64] [--reps 30] [--threads N]``. Prints one line per shape: median
-milliseconds (p20/p50/p80) of each variant and the speed-ups. The reference variants run the autograd forward plus
-``loss.sum().backward()`` with the three inputs requiring grad: the same outputs (loss, valid, three gradients).
+Usage: ``python csrc/bench_cpu.py [--shapes 64x3x32x32 32x3x64x64] [--reps 30] [--threads N]``. Prints one line per
+shape: median milliseconds (p20/p50/p80) of each variant and the speed-ups. The reference variants run the autograd
+forward plus ``loss.sum().backward()`` with the three inputs requiring grad: the same outputs (loss, valid, three
+gradients).
 """
 
 from __future__ import annotations
