@@ -35,7 +35,7 @@ test: env
 	$(VPY) -m pytest -q
 
 lint: env
-	$(VPY) -m ruff check fastui kernels tests bench csrc configs setup.py
+	$(VPY) -m ruff check fastui kernels tests bench csrc setup.py
 
 clean-env:
 	rm -rf $(VENV)
