@@ -21,7 +21,7 @@ MINUTES=${2:-7}
 mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p runs/gpu
 exec > >(tee -a runs/gpu/gpu_distill.log) 2>&1
 echo "gpu_distill: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) minutes $MINUTES"
@@ -38,7 +38,7 @@ if [ ! -f $DATA/manifest.json ]; then
 fi
 CFG=configs/demo_fmnist_gpu.toml
 COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-every 64000 --data $DATA
-        --set loss.backend=torch)
+        --set loss.backend=torch --set data.num_workers=2)
 # name | extra overrides. Session 4 ran configs/demo_fmnist_long.toml as b32 and the variants b128 (EMA 20k),
 # b128g10 (EMA 20k, gan_weight 10) and b128g3e50 (= configs/demo_fmnist_gpu.toml, the best: 65.7 at 162k images).
 # An iteration costs ~0.35 s almost whatever the batch, so the next variants raise the batch (lr x2 with batch x4-8),
@@ -46,27 +46,33 @@ COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-e
 # default conv head (depth 2, 7x7-pixel patches) tells the b128g3e50 generator's samples from real images 60-66% of
 # the time at sigma < 0.3 after 3000 Adam steps, a depth-4 head 72-75% (bench.disc_probe, README "On the CPU,
 # resumable"); on the CPU depth 4 was ~1 FID point better at 16k-62k images: gpud4 tries the deeper head.
-B512="--set batch.global_size=512 --set batch.micro=512"
+# Session 9: one process of this config at batch 256 holds ~30 MB per image (CPU max RSS: 2.5 GB at batch 64, 8.3 GB
+# at 256), so four runs share an H100's 78 GiB at 512 images per micro-batch (the b1024 variant accumulates two);
+# two loader workers each (one process decodes ~1,150 PNG images/s on the development CPU, short of batch 512 at
+# 2.5 it/s). Variants: batch 512 and 1024 (lr x2), GAN weight 10 (better than 3 from 256k images on the CPU), and the
+# depth-4 discriminator head (~1 FID point better at 16k-62k images on the CPU).
 LR2="--set optim.lr_g=2e-4 --set optim.lr_fake=6e-4"
+B512="--set batch.global_size=512 --set batch.micro=512 $LR2 --snapshot-every 128000"
 VARIANTS=(
-  "gpu|"
-  "b512|$B512 --snapshot-every 128000"
-  "b512lr2|$B512 $LR2 --snapshot-every 128000"
-  "b1024lr2|--set batch.global_size=1024 --set batch.micro=1024 $LR2 --snapshot-every 256000"
-  "gpucompile|--set model.compile=true"
-  "gpud4|--set discriminator.depth=4"
+  "b512lr2|$B512"
+  "b1024lr2|--set batch.global_size=1024 --set batch.micro=512 $LR2 --snapshot-every 256000"
+  "b512lr2g10|$B512 --set loss.gan_weight=10"
+  "b512lr2d4|$B512 --set discriminator.depth=4"
 )
 [ "${SMOKE:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}") && COMMON+=(--iterations 20)
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader -l 20 > runs/gpu/nvidia_smi.log 2>&1 &
+smi=$!
 pids=()
 for v in "${VARIANTS[@]}"; do
   name=${v%%|*}; extra=${v#*|}
   rm -rf "runs/gpu/$name"  # a warm machine keeps runs/: no snapshot of an earlier call may join this trajectory
   # shellcheck disable=SC2086
-  "$PY" -m fastui.demo "${COMMON[@]}" $extra --out runs/gpu/$name --threads 2 > runs/gpu/$name.log 2>&1 &
+  "$PY" -m fastui.demo "${COMMON[@]}" $extra --out runs/gpu/$name --threads 1 > runs/gpu/$name.log 2>&1 &
   pids+=($!)
   echo "started $name (pid $!): $extra"
 done
 for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?"; done
+kill $smi 2>/dev/null; echo "GPU memory used, utilisation (every 20 s):"; cat runs/gpu/nvidia_smi.log
 for v in "${VARIANTS[@]}"; do
   name=${v%%|*}
   tail -n 3 runs/gpu/$name.log
