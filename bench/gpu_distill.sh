@@ -46,18 +46,16 @@ COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-e
 # default conv head (depth 2, 7x7-pixel patches) tells the b128g3e50 generator's samples from real images 60-66% of
 # the time at sigma < 0.3 after 3000 Adam steps, a depth-4 head 72-75% (bench.disc_probe, README "On the CPU,
 # resumable"); on the CPU depth 4 was ~1 FID point better at 16k-62k images: gpud4 tries the deeper head.
-# Session 9: one process of this config at batch 256 holds ~30 MB per image (CPU max RSS: 2.5 GB at batch 64, 8.3 GB
-# at 256), so four runs share an H100's 78 GiB at 512 images per micro-batch (the b1024 variant accumulates two);
-# two loader workers each (one process decodes ~1,150 PNG images/s on the development CPU, short of batch 512 at
-# 2.5 it/s). Variants: batch 512 and 1024 (lr x2), GAN weight 10 (better than 3 from 256k images on the CPU), and the
-# depth-4 discriminator head (~1 FID point better at 16k-62k images on the CPU).
-LR2="--set optim.lr_g=2e-4 --set optim.lr_fake=6e-4"
-B512="--set batch.global_size=512 --set batch.micro=512 $LR2 --snapshot-every 128000"
+# Session 9 ran batch 512/1024 (lr x2; GAN weight 10; depth-4 head), four at once with two loader workers each (one
+# process holds ~30 MB per image of a micro-batch, so at most ~4 x 512 fit in an H100's 78 GiB): the GPU was 100%
+# busy, ~490 images/s per process, and at ~236k images they scored 78.8 / 84.9 (b1024) / 75.4 (GAN 10) / 72.1
+# (depth 4) against 65.7 for batch 128 at 162k (bench/results/gpu_long_s9.csv): this config needs iterations, not
+# images. So the variants are back at batch 128 (CPU-bound, ~2.5 it/s each), with the depth-4 head that won at 512.
 VARIANTS=(
-  "b512lr2|$B512"
-  "b1024lr2|--set batch.global_size=1024 --set batch.micro=512 $LR2 --snapshot-every 256000"
-  "b512lr2g10|$B512 --set loss.gan_weight=10"
-  "b512lr2d4|$B512 --set discriminator.depth=4"
+  "gpu|"
+  "d4|--set discriminator.depth=4"
+  "d4g10|--set discriminator.depth=4 --set loss.gan_weight=10"
+  "d4g10kf2|--set discriminator.depth=4 --set loss.gan_weight=10 --set schedule.k_fake=2"
 )
 [ "${SMOKE:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}") && COMMON+=(--iterations 20)
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader -l 20 > runs/gpu/nvidia_smi.log 2>&1 &
