@@ -30,14 +30,32 @@ from fastui.train.models import FakeScoreWithDisc
 BANDS = ((0.0, 0.1), (0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, float("inf")))
 
 
-def _sample_sigma(n: int) -> torch.Tensor:
+def sample_sigma(n: int) -> torch.Tensor:
+    """The engine's log-normal sigma of the fake / discriminator step (``p_mean`` -1.2, ``p_std`` 1.2)."""
     return (torch.randn(n) * 1.2 - 1.2).exp()
+
+
+def real_images(count: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` Fashion-MNIST training images padded to 32x32 in [-1, 1], and their one-hot labels: the first ones,
+    or a random draw without repetition when ``seed`` is given."""
+    images, labels, _ = fashion_mnist(split="train")
+    idx = slice(0, count) if seed is None else \
+        torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count].numpy()
+    real = F.pad(torch.from_numpy(images[idx]).float().permute(0, 3, 1, 2), (2, 2, 2, 2)) / 127.5 - 1
+    return real, F.one_hot(torch.from_numpy(labels[idx]).long(), 10).float()
+
+
+@torch.no_grad()
+def one_step_samples(gen, labels: torch.Tensor) -> torch.Tensor:
+    """One-step samples of ``gen`` at sigma_init 2.5 for one-hot ``labels``, 256 at a time."""
+    return torch.cat([gen(2.5 * torch.randn(len(c), 1, 32, 32), torch.full((len(c),), 2.5), c)
+                      for c in labels.split(256)])
 
 
 def held_out(net, fake, fake_c, real, real_c) -> list[str]:
     """Per-sigma-band ``L_disc`` and accuracy of ``net``'s discriminator on unseen fake / real images."""
     n = len(fake)
-    sigma = _sample_sigma(n)
+    sigma = sample_sigma(n)
     noise = torch.randn_like(fake) * sigma.view(-1, 1, 1, 1)
     with torch.no_grad():
         lf = net(fake + noise, sigma, fake_c, mode="logits").mean(1)
@@ -71,23 +89,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
 
     pool = 2048
-    images, labels, _ = fashion_mnist(split="train")
-    count = pool + args.held_out
-    real = F.pad(torch.from_numpy(images[:count]).float().permute(0, 3, 1, 2), (2, 2, 2, 2)) / 127.5 - 1
-    real_c = F.one_hot(torch.from_numpy(labels[:count]).long(), 10).float()
+    real, real_c = real_images(pool + args.held_out)
     teacher = load_teacher("demo")
     gen = load_checkpoint(args.generator).eval() if args.generator else teacher
     net = FakeScoreWithDisc(copy.deepcopy(teacher), args.kind, (1, 32, 32), 64, args.depth).requires_grad_(True)
     opt = torch.optim.Adam(net.parameters(), lr=3e-4, betas=(0.0, 0.999))
     n_fake = (pool if args.generator else 256) + args.held_out
-    with torch.no_grad():
-        fake_c = real_c[torch.randint(0, pool, (n_fake,))]
-        fake = torch.cat([gen(2.5 * torch.randn(len(c), 1, 32, 32), torch.full((len(c),), 2.5), c)
-                          for c in fake_c.split(256)])
+    fake_c = real_c[torch.randint(0, pool, (n_fake,))]
+    fake = one_step_samples(gen, fake_c)
     n_train = n_fake - args.held_out
     for step in range(1, args.steps + 1):
         i, j = torch.randint(0, pool, (32,)), torch.randint(0, n_train, (32,))
-        sigma = _sample_sigma(32)
+        sigma = sample_sigma(32)
         n = torch.randn(32, 1, 32, 32) * sigma.view(-1, 1, 1, 1)
         if args.dsm:
             d, logit_fake, logit_real = net(fake[j] + n, sigma, fake_c[j], mode="train", real=real[i] + n,

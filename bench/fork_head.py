@@ -27,42 +27,30 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import fastui
+from bench.disc_probe import one_step_samples, real_images, sample_sigma
 from fastui.teachers import load_teacher
 from fastui.train.models import PixelHead
 
 SHAPE = (1, 32, 32)
 
 
-def _real_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastui.data.importers import fashion_mnist
-
-    images, labels, _ = fashion_mnist(split="train")
-    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].numpy()
-    real = F.pad(torch.from_numpy(images[idx]).float().permute(0, 3, 1, 2), (2, 2, 2, 2)) / 127.5 - 1
-    return real, F.one_hot(torch.from_numpy(labels[idx]).long(), 10).float()
-
-
-def pretrain_head(head: PixelHead, generator_state: dict, *, steps: int, batch: int, seed: int,
-                  p_mean: float = -1.2, p_std: float = 1.2, pool: int = 4096, log_every: int = 100) -> float:
+def pretrain_head(head: PixelHead, generator_state: dict, *, steps: int, batch: int, seed: int, pool: int = 4096,
+                  log_every: int = 100) -> float:
     """Train ``head`` alone for ``steps`` Adam steps: real images vs the generator's one-step samples (sigma_init
     2.5). Returns the mean ``L_disc`` of the last 50 steps (2 ln 2 = 1.386 is chance)."""
     torch.manual_seed(seed)
     gen = load_teacher("demo")
     gen.load_state_dict(generator_state)
     gen.eval()
-    real, real_c = _real_images(pool, seed)
-    with torch.no_grad():
-        fake_c = real_c[torch.randperm(pool)]
-        fake = torch.cat([gen(2.5 * torch.randn(len(c), *SHAPE), torch.full((len(c),), 2.5), c)
-                          for c in fake_c.split(256)]).float()
+    real, real_c = real_images(pool, seed)
+    fake = one_step_samples(gen, real_c[torch.randperm(pool)]).float()
     opt = torch.optim.Adam(head.parameters(), lr=3e-4, betas=(0.0, 0.999))
     recent: list[float] = []
     for step in range(1, steps + 1):
         i, j = torch.randint(0, pool, (batch,)), torch.randint(0, pool, (batch,))
-        sigma = (torch.randn(batch) * p_std + p_mean).exp()
+        sigma = sample_sigma(batch)
         noise = torch.randn(batch, *SHAPE) * sigma.view(-1, 1, 1, 1)
         loss = fastui.discriminator_loss(head(fake[j] + noise, sigma), head(real[i] + noise, sigma))
         opt.zero_grad()
