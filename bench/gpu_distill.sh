@@ -51,11 +51,16 @@ COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-e
 # busy, ~490 images/s per process, and at ~236k images they scored 78.8 / 84.9 (b1024) / 75.4 (GAN 10) / 72.1
 # (depth 4) against 65.7 for batch 128 at 162k (bench/results/gpu_long_s9.csv): this config needs iterations, not
 # images. So the variants are back at batch 128 (CPU-bound, ~2.5 it/s each), with the depth-4 head that won at 512.
+# Session 10: on the CPU the session-8/9 GAN-10 arms' discriminator heads went blind (loss_disc at chance, 1.386)
+# while the fake score's learning rate was 7.5e-5; discriminator.lr gives the conv head its own Adam group: d4g10 is
+# the control, h1/h3 the head at 1e-3 / 3e-3, h1c128 the first with a head twice as wide. The engine's iteration
+# now dispatches ~45% fewer operations (one gradient-guard pass per optimizer step instead of a hook on every
+# parameter; the conv bias inside the convolution).
 VARIANTS=(
-  "gpu|"
-  "d4|--set discriminator.depth=4"
+  "d4g10h1|--set discriminator.depth=4 --set loss.gan_weight=10 --set discriminator.lr=1e-3"
   "d4g10|--set discriminator.depth=4 --set loss.gan_weight=10"
-  "d4g10kf2|--set discriminator.depth=4 --set loss.gan_weight=10 --set schedule.k_fake=2"
+  "d4g10h3|--set discriminator.depth=4 --set loss.gan_weight=10 --set discriminator.lr=3e-3"
+  "d4g10h1c128|--set discriminator.depth=4 --set loss.gan_weight=10 --set discriminator.lr=1e-3 --set discriminator.channels=128"
 )
 [ "${SMOKE:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}") && COMMON+=(--iterations 20)
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader -l 20 > runs/gpu/nvidia_smi.log 2>&1 &

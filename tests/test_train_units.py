@@ -65,6 +65,28 @@ def test_grad_guard_zeroes_and_counts_non_finite_entries_and_clips():
     assert int(guard.count) == 1
 
 
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_grad_guard_step_form_matches_the_hook_form(clip):
+    """``apply`` (once per step, one concatenated copy) cleans, clips and counts exactly as the per-parameter hooks,
+    for contiguous and channels-last gradients, and returns the global norm of the cleaned gradients."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 3, 3, 3), (4,), (5, 7), (2, 4, 1, 1)]
+    raw = [torch.randn(s, generator=g) for s in shapes]
+    raw[0][1, 2, 0, 1], raw[1][3], raw[2][4, 0], raw[2][0, 6] = float("nan"), float("inf"), -float("inf"), float("nan")
+    hook_guard = _GradGuard([], "cpu", clip=clip)
+    want = [hook_guard._hook(r.clone()) for r in raw]
+    grads = [r.clone() for r in raw]
+    grads[0] = grads[0].contiguous(memory_format=torch.channels_last)
+    grads[2] = grads[2].t().contiguous().t()  # neither contiguous nor channels-last: the one-at-a-time path
+    step_guard = _GradGuard([], "cpu", clip=clip, hooks=False)
+    norm = step_guard.apply(grads)
+    for got, w in zip(grads, want):
+        assert torch.equal(got, w)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    assert int(step_guard.count) == int(hook_guard.count) == 4
+    assert torch.allclose(norm, torch.linalg.vector_norm(torch.cat([w.reshape(-1) for w in want])))
+
+
 def _ctx(world: int, rank: int, noise: str):
     cfg = Config()
     cfg.batch.noise, cfg.batch.global_size, cfg.batch.micro = noise, 8, 8 // world
@@ -358,3 +380,71 @@ def test_crossed_every_fires_once_per_multiple(step, per_it):
     expected = [((k * step + per_it - 1) // per_it) * per_it for k in range(1, 199 * per_it // step + 1)]
     assert fired == expected
     assert not any(crossed_every(0, it * per_it, per_it) for it in range(1, 50))
+
+
+class _BodyAndHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(3, 3)
+        self.head = torch.nn.Linear(3, 1)
+
+
+def _fake_engine(disc_lr: float, seed: int = 0):
+    from fastui.train.engines import build_engines
+
+    cfg = Config()
+    cfg.engine.backend, cfg.optim.lr_fake, cfg.optim.fused = "torch", 1e-3, False
+    cfg.discriminator.kind, cfg.discriminator.lr = "conv", disc_lr
+    cfg.batch.global_size = cfg.batch.micro = 4
+    torch.manual_seed(seed)
+    _, _, fake = build_engines(cfg, resolve(cfg, 1), torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), _BodyAndHead(),
+                               torch.device("cpu"))
+    return fake
+
+
+def _unit_step(eng):
+    for p in eng.module.parameters():
+        p.grad = torch.ones_like(p)
+    eng.step()
+
+
+def test_discriminator_lr_is_the_heads_own_adam_group():
+    eng = _fake_engine(5e-3)
+    assert [g["lr"] for g in eng.optimizer.param_groups] == [1e-3, 5e-3]
+    before = {n: p.detach().clone() for n, p in eng.module.named_parameters()}
+    _unit_step(eng)
+    for n, p in eng.module.named_parameters():  # Adam's first step moves every entry by ~lr (beta1 = 0)
+        want = 5e-3 if n.startswith("head.") else 1e-3
+        assert torch.allclose(before[n] - p.detach(), torch.full_like(p, want), rtol=1e-3), n
+    assert [g["lr"] for g in _fake_engine(0.0).optimizer.param_groups] == [1e-3]
+
+
+def test_checkpoint_of_one_adam_group_resumes_into_a_separate_head_group_and_back(tmp_path):
+    one = _fake_engine(0.0)
+    _unit_step(one)
+    one.save(tmp_path)
+    two = _fake_engine(5e-3, seed=1)
+    changed = two.load(tmp_path)
+    assert changed == {"lr[group 1]": (1e-3, 5e-3)}
+    assert [g["lr"] for g in two.optimizer.param_groups] == [1e-3, 5e-3]
+    for (n, p), q in zip(one.module.named_parameters(), two.module.parameters()):
+        assert torch.equal(p, q), n
+        assert torch.equal(one.optimizer.state[p]["exp_avg_sq"], two.optimizer.state[q]["exp_avg_sq"]), n
+    two.save(tmp_path / "two")
+    back = _fake_engine(0.0, seed=2)
+    assert back.load(tmp_path / "two") == {}
+    assert len(back.optimizer.param_groups) == 1 and back.optimizer.param_groups[0]["lr"] == 1e-3
+    assert all(torch.equal(p, q) for p, q in zip(two.module.parameters(), back.module.parameters()))
+
+
+def test_discriminator_lr_needs_the_conv_head():
+    from fastui.train.config import ConfigError, validate
+
+    cfg = Config()
+    cfg.discriminator.lr = 1e-4
+    with pytest.raises(ConfigError, match="discriminator.lr needs"):
+        validate(cfg)
+    cfg.discriminator.lr = -1.0
+    cfg.discriminator.kind = "conv"
+    with pytest.raises(ConfigError, match="discriminator.lr must be >= 0"):
+        validate(cfg)

@@ -175,7 +175,8 @@ class Conv2d(nn.Module):
                      F.conv2d(x, f.expand(self.in_channels, 1, -1, -1), groups=self.in_channels, stride=2,
                               padding=f_pad))
             if w is not None:
-                x = F.conv2d(x, w, padding=w_pad)
+                # the bias inside the convolution: one kernel (and no separate reduction in the backward), not two
+                x, b = F.conv2d(x, w, b, padding=w_pad), None
         if b is not None:
             x = x + b.view(1, -1, 1, 1)
         return x

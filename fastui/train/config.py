@@ -139,6 +139,7 @@ class DiscriminatorConfig:
     channels: int = 64  # width of the conv head
     depth: int = 2  # stride-2 convolutions of the conv head (2: 7x7-pixel patches; 4: 31x31; MLP: hidden layers)
     weight: float = 1.0  # weight of L_disc in the fake-score step (1 = the published recipes; see README "demo")
+    lr: float = 0.0  # learning rate of the conv head, its own Adam group in the fake engine (0 = optim.lr_fake)
 
 
 @dataclass
@@ -367,6 +368,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"discriminator.depth must be in 1..8, got {cfg.discriminator.depth}")
     if not cfg.discriminator.weight > 0:
         raise ConfigError(f"discriminator.weight must be > 0, got {cfg.discriminator.weight}")
+    if cfg.discriminator.lr < 0:
+        raise ConfigError(f"discriminator.lr must be >= 0 (0 = optim.lr_fake), got {cfg.discriminator.lr}")
+    if cfg.discriminator.lr > 0 and cfg.discriminator.kind != "conv":
+        raise ConfigError("discriminator.lr needs discriminator.kind = 'conv': the shared discriminator reads the fake "
+                          "score's own features and has no parameters of its own")
     if cfg.ema.halflife_images <= 0 or cfg.ema.rampup < 0:
         raise ConfigError("ema.halflife_images must be > 0 and ema.rampup >= 0")
     if cfg.engine.backend == "torch" and cfg.engine.zero_stage != 0:
