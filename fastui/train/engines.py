@@ -123,7 +123,10 @@ class _GradGuard:
         return self._clean(grad)
 
     def apply(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """Clean ``grads`` in place (same rule as the hooks); returns their global L2 norm after cleaning."""
+        """Clean ``grads`` in place (same rule as the hooks); returns their global L2 norm after cleaning. With hooks
+        the gradients are clean already: only the norm."""
+        if self.handles:
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         views, odd = [], []
         for g in grads:
             v = _memory_order_view(g)
