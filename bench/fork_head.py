@@ -78,11 +78,13 @@ def fork(ckpt: Path, out_run: Path, *, depth: int, channels: int = 64, pretrain_
     old_head = [k for k in module if k.startswith("head.")]
     if not old_head:
         raise ValueError(f"{fake_pt} has no conv discriminator head (discriminator.kind must be 'conv')")
-    if len(optim["param_groups"]) != 1:
-        raise ValueError("expected one optimizer parameter group in the fake engine")
-    n_params = len(optim["param_groups"][0]["params"])
+    groups = optim["param_groups"]
+    n_params = sum(len(g["params"]) for g in groups)
     n_old = sum(1 for k in old_head if k.endswith((".weight", ".bias")))
     keep = n_params - n_old  # the head's parameters come last (FakeScoreWithDisc registers fake, then head)
+    # one group, or two with the head's own (discriminator.lr) last
+    if not (len(groups) == 1 or (len(groups) == 2 and len(groups[1]["params"]) == n_old)):
+        raise ValueError("expected the fake engine's optimizer to hold one parameter group, or two with the head's last")
 
     torch.manual_seed(seed)
     head = PixelHead(SHAPE, channels, depth)
@@ -93,7 +95,10 @@ def fork(ckpt: Path, out_run: Path, *, depth: int, channels: int = 64, pretrain_
     module = {k: v for k, v in module.items() if not k.startswith("head.")} | new_head
     n_new = sum(1 for _ in head.parameters())
     optim["state"] = {i: s for i, s in optim["state"].items() if int(i) < keep}
-    optim["param_groups"][0]["params"] = list(range(keep + n_new))
+    if len(groups) == 1:
+        groups[0]["params"] = list(range(keep + n_new))
+    else:
+        groups[0]["params"], groups[1]["params"] = list(range(keep)), list(range(keep, keep + n_new))
     state["module"], state["optimizer"] = module, optim
 
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if not any(s.startswith("data.source=") for s in args.set):
         overrides.append("--data.source=synthetic")
     cfg = load_config(args.config, overrides)
+    if cfg.engine.backend != "torch":
+        p.error(f"{args.config}: engine.backend is {cfg.engine.backend!r}; the guard forms compared here are the torch "
+                "backend's (DeepSpeed always uses the hooks): add --set engine.backend=torch")
     res = resolve(cfg, 1)
     s = setup(cfg, res)
     ph = phase(10**9, 0, 0)  # past warm-up: generator step, GAN and ratio branches on

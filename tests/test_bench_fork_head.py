@@ -98,3 +98,30 @@ def test_pretraining_lowers_the_discriminator_loss_below_chance(ckpt, tmp_path, 
     out = capsys.readouterr().out
     losses = [float(v) for v in re.findall(r"L_disc ([\d.]+)", out)]
     assert losses and losses[-1] < 1.3  # 2 ln 2 = 1.386 is chance; the teacher's samples are told from real ones
+
+
+def test_fork_keeps_a_separate_head_group(ckpt, tmp_path):
+    """A checkpoint whose fake engine has the head in its own Adam group (``discriminator.lr``) forks into the same
+    two groups, the head's holding the new head's parameters."""
+    src = tmp_path / "src" / "checkpoints" / ckpt.name
+    src.parent.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(ckpt, src)
+    state = torch.load(src / "fake" / "fake.pt", weights_only=True)
+    ids = state["optimizer"]["param_groups"][0]["params"]
+    n_head = sum(1 for k in state["module"] if k.startswith("head.") and k.endswith((".weight", ".bias")))
+    base = state["optimizer"]["param_groups"][0]
+    state["optimizer"]["param_groups"] = [{**base, "params": ids[:-n_head]},
+                                          {**base, "lr": 1e-3, "params": ids[-n_head:]}]
+    torch.save(state, src / "fake" / "fake.pt")
+    dest = fork_head.fork(src, tmp_path / "fork", depth=4)
+    groups = torch.load(dest / "fake" / "fake.pt", weights_only=True)["optimizer"]["param_groups"]
+    net, _ = _fake_engine(4)
+    n_fake, n_new = sum(1 for _ in net.fake.parameters()), sum(1 for _ in net.head.parameters())
+    assert groups[0]["params"] == list(range(n_fake))
+    assert groups[1]["params"] == list(range(n_fake, n_fake + n_new)) and groups[1]["lr"] == 1e-3
+    head = [p for n, p in net.named_parameters() if n.startswith("head.")]
+    body = [p for n, p in net.named_parameters() if not n.startswith("head.")]
+    opt = torch.optim.Adam([{"params": body}, {"params": head, "lr": 1e-3}], lr=1e-4)
+    opt.load_state_dict(torch.load(dest / "fake" / "fake.pt", weights_only=True)["optimizer"])

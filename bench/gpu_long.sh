@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# bench/gpu_long.sh OUTDIR [MINUTES1] [MINUTES2] -- issue 7's longer configuration as few, long trajectories on a
+# lent GPU: each trajectory trains configs/demo_fmnist_gpu.toml through `fastui.train` in two stages (stage 2 resumes
+# stage 1's final checkpoint with other hyperparameters, as the CPU runs of sessions 8-9 did by hand), then samples
+# the demo's 300 evaluation draws through every EMA snapshot (bench.trajectory) for FID on a machine with the
+# Inception file.
+#
+# Why two trajectories, not four variants (bench/gpu_distill.sh): on an H100 one process of this config runs 5.1
+# iterations/s at batch 128 and four together 3.0 each with the GPU 100% busy (bench/results/iteration.csv,
+# gpu_long_s10.csv), and what this config lacks is iterations of one trajectory. Stage 1 is the GPU config with the
+# depth-4 discriminator head (better than depth 2 at batch 512 in session 9 and at batch 32 on the CPU); stage 2
+# lowers the learning rates 4x and raises the GAN weight to 10 (the CPU trajectory's steps at 175k and 256k images,
+# bench/results/cpu_long.csv). Trajectory `stagedh` keeps the discriminator head at the stage-1 learning rate in
+# stage 2 (discriminator.lr): the CPU runs' heads went blind once lr_fake was lowered.
+#
+# Usage: bash bench/gpu_long.sh OUTDIR [MINUTES1 (default 4.5)] [MINUTES2 (default 3.5)]
+#   SMOKE=1: tiny batch, fp32, a few seconds per stage (checks the chain on a CPU)
+# Carry .whl/ (webdataset, braceexpand) and .carry/fmnist as for bench/gpu_distill.sh (its header says how).
+# Then, where the Inception file is:  python -m bench.trajectory fid runs/gpu_long/<name>/samples.npz
+set -u
+OUTDIR=${1:?usage: bash bench/gpu_long.sh OUTDIR [MINUTES1] [MINUTES2]}
+M1=${2:-4.5}
+M2=${3:-3.5}
+mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
+PY=${PYTHON:-python3}
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+ROOT=runs/gpu_long
+mkdir -p $ROOT
+exec > >(tee -a $ROOT/gpu_long.log) 2>&1
+echo "gpu_long: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) minutes $M1 + $M2"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+"$PY" -c "import torch, webdataset; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 98
+DATA=$ROOT/shards
+if [ ! -f $DATA/manifest.json ]; then
+  FMNIST=.carry/fmnist
+  [ -d $FMNIST ] || FMNIST=/usr/share/datasets/fashion-mnist
+  "$PY" -m fastui.data.cli fashion-mnist --root $FMNIST --out $DATA --pad-to 32 --workers 8 --overwrite || exit 97
+fi
+COMMON=(--config configs/demo_fmnist_gpu.toml --data.source=$DATA --run.out_dir=$ROOT --resume auto
+        --loss.backend=torch --data.num_workers=2 --run.progress=false --run.log_every=50
+        --run.snapshot_every_images=32000 --run.grid_every_images=0 --run.keep_last=1 --discriminator.depth=4)
+if [ "${SMOKE:-0}" = 1 ]; then
+  COMMON+=(--batch.global_size=8 --batch.micro=8 --engine.autocast_bf16=false --run.snapshot_every_images=16
+           --data.num_workers=0)
+  M1=0.15 M2=0.15
+fi
+STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5 --loss.gan_weight=10)
+# name | stage-2 extra overrides
+TRAJ=(
+  "staged|"
+  "stagedh|--discriminator.lr=3e-4"
+)
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader -l 20 > $ROOT/nvidia_smi.log 2>&1 &
+smi=$!
+run_traj() {  # name, stage-2 extras: stage 1, then stage 2 resumed from stage 1's final checkpoint
+  local name=$1 extra=$2
+  "$PY" -m fastui.train "${COMMON[@]}" --run.name="$name" --run.max_minutes="$M1" || return 1
+  # shellcheck disable=SC2086
+  "$PY" -m fastui.train "${COMMON[@]}" "${STAGE2[@]}" $extra --run.name="$name" --run.max_minutes="$M2"
+}
+pids=()
+for t in "${TRAJ[@]}"; do
+  name=${t%%|*}; extra=${t#*|}
+  rm -rf "${ROOT:?}/$name"  # a warm machine keeps runs/: no checkpoint of an earlier call may be resumed
+  run_traj "$name" "$extra" > $ROOT/$name.log 2>&1 &
+  pids+=($!)
+  echo "started $name (pid $!): stage 2 ${STAGE2[*]} $extra"
+done
+for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?"; done
+kill $smi 2>/dev/null; echo "GPU memory used, utilisation (every 20 s):"; cat $ROOT/nvidia_smi.log
+for t in "${TRAJ[@]}"; do
+  name=${t%%|*}
+  grep -h "resumed\|images/s\|Error\|error" $ROOT/$name.log | tail -n 4
+  "$PY" -m bench.trajectory sample $ROOT/$name --out $ROOT/$name/samples.npz | tail -n 1
+  tar -cf "$OUTDIR/$name.tar" -C $ROOT $name.log $name/samples.npz $name/log.csv $name/config.json \
+    $name/generator_ema 2>&1 | head -n 3
+done
+tar -rf "$OUTDIR/${TRAJ[0]%%|*}.tar" -C $ROOT gpu_long.log
+ls -la "$OUTDIR"
