@@ -84,7 +84,7 @@ def fork(ckpt: Path, out_run: Path, *, depth: int, channels: int = 64, pretrain_
     keep = n_params - n_old  # the head's parameters come last (FakeScoreWithDisc registers fake, then head)
     # one group, or two with the head's own (discriminator.lr) last
     if not (len(groups) == 1 or (len(groups) == 2 and len(groups[1]["params"]) == n_old)):
-        raise ValueError("expected the fake engine's optimizer to hold one parameter group, or two with the head's last")
+        raise ValueError("expected one optimizer parameter group in the fake engine, or two with the head's last")
 
     torch.manual_seed(seed)
     head = PixelHead(SHAPE, channels, depth)
