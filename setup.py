@@ -176,7 +176,10 @@ def _extensions() -> list[Extension]:
     ]
 
 
-packages = find_packages(include=["fastui", "fastui.*"]) + ["fastui.kernels"]
+# fastui/assets holds data only (the demo teacher, FID reference statistics): listed as packages, so that setuptools
+# ships them without warning about importable directories it was not told about
+packages = find_packages(include=["fastui", "fastui.*"]) + ["fastui.kernels", "fastui.assets",
+                                                             "fastui.assets.demo_teacher"]
 
 setup(
     name="fastui",
@@ -186,7 +189,7 @@ setup(
     packages=packages,
     package_dir={"fastui.kernels": "kernels"},
     include_package_data=True,
-    package_data={"fastui": ["assets/*", "assets/**/*"]},
+    package_data={"fastui.assets": ["*"], "fastui.assets.demo_teacher": ["*"]},
     install_requires=["numpy", "torch"],
     extras_require={
         "triton": ["triton"],
