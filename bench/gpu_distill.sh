@@ -25,17 +25,9 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHO
 mkdir -p runs/gpu
 exec > >(tee -a runs/gpu/gpu_distill.log) 2>&1
 echo "gpu_distill: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) minutes $MINUTES"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-"$PY" -c "import torch, webdataset; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 98
 DATA=runs/gpu/shards
-if [ ! -f $DATA/manifest.json ]; then
-  "$PY" -m fastui.data.cli fashion-mnist --root .carry/fmnist --out $DATA --pad-to 32 --workers 8 --overwrite \
-    || exit 97
-fi
+# shellcheck source=bench/gpu_env.sh
+. bench/gpu_env.sh && gpu_env_setup $DATA
 CFG=configs/demo_fmnist_gpu.toml
 COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-every 64000 --data $DATA
         --set loss.backend=torch --set data.num_workers=2)

@@ -29,18 +29,9 @@ ROOT=runs/gpu_long
 mkdir -p $ROOT
 exec > >(tee -a $ROOT/gpu_long.log) 2>&1
 echo "gpu_long: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) minutes $M1 + $M2"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-"$PY" -c "import torch, webdataset; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 98
 DATA=$ROOT/shards
-if [ ! -f $DATA/manifest.json ]; then
-  FMNIST=.carry/fmnist
-  [ -d $FMNIST ] || FMNIST=/usr/share/datasets/fashion-mnist
-  "$PY" -m fastui.data.cli fashion-mnist --root $FMNIST --out $DATA --pad-to 32 --workers 8 --overwrite || exit 97
-fi
+# shellcheck source=bench/gpu_env.sh
+. bench/gpu_env.sh && gpu_env_setup $DATA
 COMMON=(--config configs/demo_fmnist_gpu.toml --data.source=$DATA --run.out_dir=$ROOT --resume auto
         --loss.backend=torch --data.num_workers=2 --run.progress=false --run.log_every=50
         --run.snapshot_every_images=32000 --run.grid_every_images=0 --run.keep_last=1 --discriminator.depth=4)
