@@ -118,3 +118,21 @@ def test_resume_takes_the_learning_rates_of_its_own_config(tmp_path, backend):
     assert [r["iteration"] for r in rows] == [str(i) for i in range(1, ITERATIONS + 1)]
     assert {(float(r["lr_g"]), float(r["lr_fake"])) for r in rows[:3]} == {(1e-3, 1e-3)}
     assert {(float(r["lr_g"]), float(r["lr_fake"])) for r in rows[3:]} == {(2.5e-4, 5e-4)}
+
+
+def test_resume_splits_the_discriminator_head_into_its_own_learning_rate(tmp_path):
+    """A run saved with one fake-engine Adam group resumes with ``discriminator.lr`` as two: the head's rate is this
+    run's, reported on resume and logged as ``lr_disc``; the fake score keeps ``optim.lr_fake``."""
+    import csv
+
+    engine = ("--engine.backend=torch", "--engine.zero_stage=0", "--discriminator.kind=conv")
+    first = _run(tmp_path, "dlr", f"--run.duration_images={3 * BATCH}", *engine)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run(tmp_path, "dlr", "--resume", "auto", *engine, "--discriminator.lr=2e-3")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "fake optimizer lr[group 1] 0.001 -> 0.002" in second.stderr
+    with open(tmp_path / "dlr" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["iteration"] for r in rows] == [str(i) for i in range(1, ITERATIONS + 1)]
+    assert {r.get("lr_disc") or "" for r in rows[:3]} == {""}
+    assert {(float(r["lr_fake"]), float(r["lr_disc"])) for r in rows[3:]} == {(1e-3, 2e-3)}
