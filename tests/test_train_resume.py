@@ -136,3 +136,4 @@ def test_resume_splits_the_discriminator_head_into_its_own_learning_rate(tmp_pat
     assert [r["iteration"] for r in rows] == [str(i) for i in range(1, ITERATIONS + 1)]
     assert {r.get("lr_disc") or "" for r in rows[:3]} == {""}
     assert {(float(r["lr_fake"]), float(r["lr_disc"])) for r in rows[3:]} == {(1e-3, 2e-3)}
+    assert all(float(r["n_nonfinite_grad_g"]) == 0 and float(r["n_nonfinite_grad_fake"]) == 0 for r in rows)
