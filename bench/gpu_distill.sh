@@ -45,9 +45,11 @@ COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-e
 # images. So the variants are back at batch 128 (CPU-bound, ~2.5 it/s each), with the depth-4 head that won at 512.
 # Session 10: on the CPU the session-8/9 GAN-10 arms' discriminator heads went blind (loss_disc at chance, 1.386)
 # while the fake score's learning rate was 7.5e-5; discriminator.lr gives the conv head its own Adam group: d4g10 is
-# the control, h1/h3 the head at 1e-3 / 3e-3, h1c128 the first with a head twice as wide. The engine's iteration
-# now dispatches ~45% fewer operations (one gradient-guard pass per optimizer step instead of a hook on every
-# parameter; the conv bias inside the convolution).
+# the control, h1/h3 the head at 1e-3 / 3e-3, h1c128 the first with a head twice as wide. Run in session 10 (commit
+# bb3a813, 8 minutes, ~187k images each): 68.38 / 69.44 / diverged (223) / 69.72 (bench/results/gpu_long_s10.csv);
+# the engine's iteration now dispatches 7,982 operations instead of 12,309 (one gradient-guard pass per optimizer
+# step instead of a hook on every parameter; bench/results/iteration.csv), and four processes run 3.0 iterations/s
+# each with the GPU 100% busy. For a few long trajectories instead of several short ones: bench/gpu_long.sh.
 VARIANTS=(
   "d4g10h1|--set discriminator.depth=4 --set loss.gan_weight=10 --set discriminator.lr=1e-3"
   "d4g10|--set discriminator.depth=4 --set loss.gan_weight=10"
