@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import torch
 
@@ -79,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def one() -> float:
         nonlocal it
-        import time
-
         t0 = time.perf_counter()
         train_iteration(s.ctx, it, ph)
         synchronize(s.device)

@@ -74,7 +74,7 @@ def test_grad_guard_step_form_matches_the_hook_form(clip):
     raw = [torch.randn(s, generator=g) for s in shapes]
     raw[0][1, 2, 0, 1], raw[1][3], raw[2][4, 0], raw[2][0, 6] = float("nan"), float("inf"), -float("inf"), float("nan")
     hook_guard = _GradGuard([], "cpu", clip=clip)
-    want = [hook_guard._hook(r.clone()) for r in raw]
+    want = [hook_guard._clean(r.clone()) for r in raw]
     grads = [r.clone() for r in raw]
     grads[0] = grads[0].contiguous(memory_format=torch.channels_last)
     grads[2] = grads[2].t().contiguous().t()  # neither contiguous nor channels-last: the one-at-a-time path

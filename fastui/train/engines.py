@@ -109,7 +109,7 @@ class _GradGuard:
     def __init__(self, params, device, clip: float = 0.0, hooks: bool = True):
         self.count = torch.zeros((), dtype=torch.int64, device=device)
         self.clip = clip
-        self.handles = [p.register_hook(self._hook) for p in params if p.requires_grad] if hooks else []
+        self.handles = [p.register_hook(self._clean) for p in params if p.requires_grad] if hooks else []
 
     def _clean(self, grad: torch.Tensor) -> torch.Tensor:
         bad = ~torch.isfinite(grad)
@@ -118,9 +118,6 @@ class _GradGuard:
         if self.clip > 0:
             grad = grad.clamp(-self.clip, self.clip)
         return grad
-
-    def _hook(self, grad: torch.Tensor) -> torch.Tensor:
-        return self._clean(grad)
 
     def apply(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """Clean ``grads`` in place (same rule as the hooks); returns their global L2 norm after cleaning. With hooks
