@@ -448,3 +448,17 @@ def test_discriminator_lr_needs_the_conv_head():
     cfg.discriminator.kind = "conv"
     with pytest.raises(ConfigError, match="discriminator.lr must be >= 0"):
         validate(cfg)
+
+
+def test_parameter_groups_must_cover_the_module_in_order_and_checkpoints_must_match_in_size(tmp_path):
+    from fastui.train.engines import Engine, _regroup
+
+    cfg = Config()
+    cfg.engine.backend, cfg.optim.fused = "torch", False
+    net = _BodyAndHead()
+    body, head = list(net.body.parameters()), list(net.head.parameters())
+    with pytest.raises(ValueError, match="in their order"):
+        Engine(net, cfg, resolve(cfg, 1), 1e-3, "fake", torch.device("cpu"), groups=[(head, 1e-3), (body, 1e-3)])
+    saved = {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1, 2]}]}
+    with pytest.raises(ValueError, match="holds 3 parameters, this run's 4"):
+        _regroup(saved, [{"params": body}, {"params": head}], "fake")
