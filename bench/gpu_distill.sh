@@ -57,8 +57,7 @@ VARIANTS=(
   "d4g10h1c128|--set discriminator.depth=4 --set loss.gan_weight=10 --set discriminator.lr=1e-3 --set discriminator.channels=128"
 )
 [ "${SMOKE:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}") && COMMON+=(--iterations 20)
-nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader -l 20 > runs/gpu/nvidia_smi.log 2>&1 &
-smi=$!
+gpu_watch runs/gpu/nvidia_smi.log
 pids=()
 for v in "${VARIANTS[@]}"; do
   name=${v%%|*}; extra=${v#*|}
@@ -68,8 +67,7 @@ for v in "${VARIANTS[@]}"; do
   pids+=($!)
   echo "started $name (pid $!): $extra"
 done
-for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?"; done
-kill $smi 2>/dev/null; echo "GPU memory used, utilisation (every 20 s):"; cat runs/gpu/nvidia_smi.log
+gpu_wait_all runs/gpu/nvidia_smi.log "${pids[@]}"
 for v in "${VARIANTS[@]}"; do
   name=${v%%|*}
   tail -n 3 runs/gpu/$name.log

@@ -46,8 +46,7 @@ TRAJ=(
   "staged|"
   "stagedh|--discriminator.lr=3e-4"
 )
-nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader -l 20 > $ROOT/nvidia_smi.log 2>&1 &
-smi=$!
+gpu_watch $ROOT/nvidia_smi.log
 run_traj() {  # name, stage-2 extras: stage 1, then stage 2 resumed from stage 1's final checkpoint
   local name=$1 extra=$2
   "$PY" -m fastui.train "${COMMON[@]}" --run.name="$name" --run.max_minutes="$M1" || return 1
@@ -62,8 +61,7 @@ for t in "${TRAJ[@]}"; do
   pids+=($!)
   echo "started $name (pid $!): stage 2 ${STAGE2[*]} $extra"
 done
-for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?"; done
-kill $smi 2>/dev/null; echo "GPU memory used, utilisation (every 20 s):"; cat $ROOT/nvidia_smi.log
+gpu_wait_all $ROOT/nvidia_smi.log "${pids[@]}"
 for t in "${TRAJ[@]}"; do
   name=${t%%|*}
   grep -h "resumed\|images/s\|Error\|error" $ROOT/$name.log | tail -n 4

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,6 @@ def test_fork_keeps_a_separate_head_group(ckpt, tmp_path):
     two groups, the head's holding the new head's parameters."""
     src = tmp_path / "src" / "checkpoints" / ckpt.name
     src.parent.mkdir(parents=True)
-    import shutil
-
     shutil.copytree(ckpt, src)
     state = torch.load(src / "fake" / "fake.pt", weights_only=True)
     ids = state["optimizer"]["param_groups"][0]["params"]
