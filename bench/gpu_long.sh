@@ -13,14 +13,21 @@
 # bench/results/cpu_long.csv). Trajectory `stagedh` keeps the discriminator head at the stage-1 learning rate in
 # stage 2 (discriminator.lr): the CPU runs' heads went blind once lr_fake was lowered.
 #
-# Usage: bash bench/gpu_long.sh OUTDIR [MINUTES1 (default 4.5)] [MINUTES2 (default 3.5)]
-#   SMOKE=1: tiny batch, fp32, a few seconds per stage (checks the chain on a CPU)
+# Session 11: first times one iteration of the stage-1 config eagerly and with `model.compile = true` (bench.iteration,
+# one process alone on the GPU; rows in iteration.csv): the iteration is host-bound (~8k dispatched operations, 5.1
+# it/s), and inductor's fused kernels dispatch far fewer. When the compiled iteration takes under 0.7x the eager one
+# (each stage start recompiles, from inductor's cache: that must pay off within minutes), the second trajectory is
+# `stagedc` (the first's recipe, compiled: more iterations in the same minutes), else `stagedh`. On a 2-core CPU
+# (SMOKE=1) the compiled iteration was slower (1158 vs 1077 ms at batch 8) after 338 s of compiling.
+#
+# Usage: bash bench/gpu_long.sh OUTDIR [MINUTES1 (default 3.5)] [MINUTES2 (default 2.5)]
+#   SMOKE=1: tiny batch, fp32, a few seconds per stage (checks the chain on a CPU); SKIP_BENCH=1: no timing first
 # Carry .whl/ (webdataset, braceexpand) and .carry/fmnist as for bench/gpu_distill.sh (its header says how).
 # Then, where the Inception file is:  python -m bench.trajectory fid runs/gpu_long/<name>/samples.npz
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_long.sh OUTDIR [MINUTES1] [MINUTES2]}
-M1=${2:-4.5}
-M2=${3:-3.5}
+M1=${2:-3.5}
+M2=${3:-2.5}
 mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
 PY=${PYTHON:-python3}
@@ -41,25 +48,43 @@ if [ "${SMOKE:-0}" = 1 ]; then
   M1=0.15 M2=0.15
 fi
 STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5 --loss.gan_weight=10)
-# name | stage-2 extra overrides
-TRAJ=(
-  "staged|"
-  "stagedh|--discriminator.lr=3e-4"
-)
 gpu_watch $ROOT/nvidia_smi.log
-run_traj() {  # name, stage-2 extras: stage 1, then stage 2 resumed from stage 1's final checkpoint
-  local name=$1 extra=$2
-  "$PY" -m fastui.train "${COMMON[@]}" --run.name="$name" --run.max_minutes="$M1" || return 1
+SECOND="stagedh|--discriminator.lr=3e-4|"
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  # eager, then compiled: p50 of one iteration of the stage-1 settings, one process alone
+  BENCH=(--config configs/demo_fmnist_gpu.toml --set data.source=$DATA --set loss.backend=torch
+         --set discriminator.depth=4 --guard step --out $ROOT/iteration.csv)
+  NB=(--iterations 30 --block 10)
+  [ "${SMOKE:-0}" = 1 ] && BENCH+=(--set batch.global_size=8 --set batch.micro=8 --set engine.autocast_bf16=false) \
+    && NB=(--iterations 2 --block 1)
+  rm -f $ROOT/iteration.csv
+  "$PY" -m bench.iteration "${BENCH[@]}" "${NB[@]}" --warmup 3 2>&1 | tail -n 5
+  "$PY" -m bench.iteration "${BENCH[@]}" "${NB[@]}" --warmup 4 --set model.compile=true 2>&1 | tail -n 5
+  if "$PY" - $ROOT/iteration.csv <<'PYEOF'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+p50 = {("compile" if "model.compile=true" in r["overrides"] else "eager"): float(r["p50_ms"]) for r in rows}
+print("iteration p50 (ms):", p50)
+sys.exit(0 if "compile" in p50 and "eager" in p50 and p50["compile"] < 0.7 * p50["eager"] else 1)
+PYEOF
+  then SECOND="stagedc||--model.compile=true"; fi
+fi
+# name | stage-2 extra overrides | overrides of both stages
+TRAJ=("staged||" "$SECOND")
+run_traj() {  # name, stage-2 extras, extras of both: stage 1, then stage 2 resumed from stage 1's final checkpoint
+  local name=$1 extra=$2 both=$3
   # shellcheck disable=SC2086
-  "$PY" -m fastui.train "${COMMON[@]}" "${STAGE2[@]}" $extra --run.name="$name" --run.max_minutes="$M2"
+  "$PY" -m fastui.train "${COMMON[@]}" $both --run.name="$name" --run.max_minutes="$M1" || return 1
+  # shellcheck disable=SC2086
+  "$PY" -m fastui.train "${COMMON[@]}" "${STAGE2[@]}" $extra $both --run.name="$name" --run.max_minutes="$M2"
 }
 pids=()
 for t in "${TRAJ[@]}"; do
-  name=${t%%|*}; extra=${t#*|}
+  IFS='|' read -r name extra both <<< "$t"
   rm -rf "${ROOT:?}/$name"  # a warm machine keeps runs/: no checkpoint of an earlier call may be resumed
-  run_traj "$name" "$extra" > $ROOT/$name.log 2>&1 &
+  run_traj "$name" "$extra" "$both" > $ROOT/$name.log 2>&1 &
   pids+=($!)
-  echo "started $name (pid $!): stage 2 ${STAGE2[*]} $extra"
+  echo "started $name (pid $!): both stages $both; stage 2 ${STAGE2[*]} $extra"
 done
 gpu_wait_all $ROOT/nvidia_smi.log "${pids[@]}"
 for t in "${TRAJ[@]}"; do
@@ -70,4 +95,5 @@ for t in "${TRAJ[@]}"; do
     $name/generator_ema 2>&1 | head -n 3
 done
 tar -rf "$OUTDIR/${TRAJ[0]%%|*}.tar" -C $ROOT gpu_long.log
+[ -f $ROOT/iteration.csv ] && cp $ROOT/iteration.csv "$OUTDIR/"
 ls -la "$OUTDIR"

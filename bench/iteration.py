@@ -3,7 +3,11 @@ with the gradient guard as the torch backend runs it (``step``: one pass per opt
 copy) against the per-parameter tensor hooks it replaced (``hooks``, what DeepSpeed still uses).
 
 ``python -m bench.iteration --config configs/demo_fmnist_gpu.toml [--set section.key=value ...] [--iterations 30]
-[--out bench/results/iteration.csv]``
+[--guard both|step|hooks] [--warmup 2] [--out bench/results/iteration.csv]``
+
+With ``--guard step`` it times one form only, to compare another setting (run it once per setting, e.g. with and
+without ``--set model.compile=true --warmup 4``; compiled runs leave ``ops_per_iteration`` empty: under the counting
+dispatch mode the compiled frames run eagerly, so the count would be the eager one).
 
 On a GPU an iteration of the small demo network is bound by the host: every dispatched operation costs Python,
 dispatcher and launch time whatever its size, so the count of operations (:class:`torch.utils._python_dispatch.
@@ -55,8 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
     p.add_argument("--iterations", type=int, default=30, help="timed iterations per mode (default 30)")
     p.add_argument("--block", type=int, default=5, help="iterations per alternating block (default 5)")
+    p.add_argument("--guard", choices=("both", "step", "hooks"), default="both",
+                   help="gradient-guard forms to time (default both; one form for comparing other settings, e.g. "
+                        "--set model.compile=true)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed iterations per form first (default 2; compiled networks need more)")
     p.add_argument("--out", default="", help="append the rows to this CSV")
     args = p.parse_args(argv)
+    if args.iterations < 1 or args.block < 1 or args.warmup < 0:
+        p.error("--iterations and --block must be >= 1, --warmup >= 0")
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
                  ("MASTER_PORT", "29561")):
         os.environ.setdefault(k, v)
@@ -86,11 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         it += 1
         return (time.perf_counter() - t0) * 1e3
 
-    ops, times = {}, {"step": [], "hooks": []}
-    for mode in ("hooks", "step"):
+    modes = ("hooks", "step") if args.guard == "both" else (args.guard,)
+    ops, times = {}, {m: [] for m in modes}
+    for mode in modes:
         _use(engines, mode, s.device)
-        for _ in range(2):  # warm-up (allocator, cuDNN algorithm choice)
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):  # allocator, cuDNN algorithm choice, torch.compile
             one()
+        print(f"{mode:5s}: {args.warmup} warm-up iterations in {time.perf_counter() - t0:.1f} s", flush=True)
+        if cfg.model.compile:  # compiled frames run eagerly under a dispatch mode: the count would be the eager one
+            ops[mode] = ""
+            continue
         with _Count() as c:
             train_iteration(s.ctx, it, ph)
         it += 1
@@ -98,19 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     done = 0
     while done < args.iterations:
         n = min(args.block, args.iterations - done)
-        for mode in ("hooks", "step"):
+        for mode in modes:
             _use(engines, mode, s.device)
             times[mode] += [one() for _ in range(n)]
         done += n
     prov = provenance(s.device)
     rows = []
-    for mode in ("hooks", "step"):
+    for mode in modes:
         p50 = percentile(times[mode], 50)
         rows.append({**prov, "config": args.config, "overrides": " ".join(args.set), "batch": res.global_size,
                      "guard": mode, "ops_per_iteration": ops[mode], "p20_ms": f"{percentile(times[mode], 20):.1f}",
                      "p50_ms": f"{p50:.1f}", "p80_ms": f"{percentile(times[mode], 80):.1f}",
                      "iterations_per_s": f"{1e3 / p50:.2f}", "images_per_s": f"{res.global_size * 1e3 / p50:.0f}"})
-        print(f"{mode:5s}: {ops[mode]} ops/iteration, p50 {p50:.1f} ms ({1e3 / p50:.2f} it/s, "
+        print(f"{mode:5s}: {ops[mode] or 'n/a (compiled)'} ops/iteration, p50 {p50:.1f} ms ({1e3 / p50:.2f} it/s, "
               f"{res.global_size * 1e3 / p50:.0f} images/s) on {prov['device']}", flush=True)
     if args.out:
         append_csv(args.out, [{k: r[k] for k in FIELDS} for r in rows])

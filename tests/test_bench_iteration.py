@@ -35,3 +35,18 @@ def test_rows_for_both_guard_forms_with_fewer_operations_per_step(tmp_path):
 def test_refuses_a_deepspeed_config():
     r = _run("--set", "engine.backend=deepspeed")
     assert r.returncode == 2 and "engine.backend" in r.stderr
+
+
+def test_one_guard_form_with_warmup_writes_one_row(tmp_path):
+    out = tmp_path / "it.csv"
+    r = _run("--set", "engine.backend=torch", "--guard", "step", "--warmup", "1", "--iterations", "2", "--out",
+             str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [row["guard"] for row in rows] == ["step"] and int(rows[0]["ops_per_iteration"]) > 0
+    assert "1 warm-up iterations" in r.stdout
+
+
+def test_bad_counts_are_refused():
+    r = _run("--warmup", "-1")
+    assert r.returncode == 2 and "--warmup" in r.stderr

@@ -64,6 +64,7 @@ class ModelConfig:
     pretrain_batch: int = 256  # batch of those DSM steps
     activation_checkpointing: list = field(default_factory=list)  # networks to checkpoint: teacher, fake, generator
     compile: bool = False  # torch.compile the three networks
+    compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...
     channels_last: bool = False  # channels_last memory format for image networks
     teacher_bf16: bool = True  # bf16 autocast on the torch backend: keep the frozen teacher's weights in bf16
 
@@ -180,6 +181,7 @@ CHOICES = {
     ("engine", "zero_stage"): (0, 1, 2, 3),
     ("engine", "precision"): ("fp32", "bf16", "fp16"),
     ("engine", "device"): ("auto", "cpu", "cuda"),
+    ("model", "compile_mode"): ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 CHECKPOINTABLE = ("teacher", "fake", "generator")
 

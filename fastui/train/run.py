@@ -190,8 +190,12 @@ def setup(cfg: Config, res: Resolved, *, dry_run: bool = False) -> Setup:
         for net in (teacher, generator, fake):
             net.to(memory_format=torch.channels_last)
     if cfg.model.compile:
+        mode = None if cfg.model.compile_mode == "default" else cfg.model.compile_mode
         for net in (teacher, generator, fake):
-            net.compile()
+            net.compile(mode=mode)
+        if rank == 0:
+            print(f"fastui train: torch.compile (mode {cfg.model.compile_mode}) of the teacher, generator and fake "
+                  "score; the first iterations compile", flush=True)
     teacher_eng, gen, fake_eng = build_engines(cfg, res, teacher, generator, fake, device)
     ema = Ema(gen.module)
     real, data_labels, loader = _real_sources(cfg, res, teacher, shape, label_dim, device, rank, dry_run)
