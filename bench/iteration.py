@@ -13,7 +13,9 @@ On a GPU an iteration of the small demo network is bound by the host: every disp
 dispatcher and launch time whatever its size, so the count of operations (:class:`torch.utils._python_dispatch.
 TorchDispatchMode`, one iteration per mode, counted apart from the timing) predicts the speed. The two modes are
 timed in alternating blocks (``A B A B ...``) with a device synchronisation after each iteration; each CSV row carries
-the provenance of :mod:`bench.common`, the mode, operations per iteration and p20/p50/p80 of the iteration time.
+the provenance of :mod:`bench.common`, the mode, operations per iteration, p20/p50/p80 of the iteration time, and
+the FLOPs of one iteration (:class:`torch.utils.flop_counter.FlopCounterMode`: convolutions, matrix products and
+attention, forward and backward) with the rate they make at p50, to hold against the device's peak.
 Data: ``synthetic`` (the GAN branch needs real images; their values do not change the cost) unless ``--set
 data.source=...``.
 """
@@ -26,11 +28,13 @@ import sys
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import append_csv, percentile, provenance, synchronize
 
 FIELDS = ["date", "git_sha", "device", "torch", "cuda", "triton", "python", "host", "config", "overrides", "batch",
-          "guard", "ops_per_iteration", "p20_ms", "p50_ms", "p80_ms", "iterations_per_s", "images_per_s"]
+          "guard", "ops_per_iteration", "p20_ms", "p50_ms", "p80_ms", "iterations_per_s", "images_per_s",
+          "gflop_per_iteration", "gflop_per_s"]
 
 
 class _Count(torch.utils._python_dispatch.TorchDispatchMode):
@@ -98,20 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         return (time.perf_counter() - t0) * 1e3
 
     modes = ("hooks", "step") if args.guard == "both" else (args.guard,)
-    ops, times = {}, {m: [] for m in modes}
+    ops, flops, times = {}, {}, {m: [] for m in modes}
     for mode in modes:
         _use(engines, mode, s.device)
         t0 = time.perf_counter()
         for _ in range(args.warmup):  # allocator, cuDNN algorithm choice, torch.compile
             one()
         print(f"{mode:5s}: {args.warmup} warm-up iterations in {time.perf_counter() - t0:.1f} s", flush=True)
-        if cfg.model.compile:  # compiled frames run eagerly under a dispatch mode: the count would be the eager one
-            ops[mode] = ""
-            continue
-        with _Count() as c:
+        with _Count() as c, FlopCounterMode(display=False) as fc:
             train_iteration(s.ctx, it, ph)
         it += 1
-        ops[mode] = c.n
+        # compiled frames run eagerly under a dispatch mode: the count would be the eager one (the FLOPs are the same)
+        ops[mode] = "" if cfg.model.compile else c.n
+        flops[mode] = fc.get_total_flops()
     done = 0
     while done < args.iterations:
         n = min(args.block, args.iterations - done)
@@ -126,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({**prov, "config": args.config, "overrides": " ".join(args.set), "batch": res.global_size,
                      "guard": mode, "ops_per_iteration": ops[mode], "p20_ms": f"{percentile(times[mode], 20):.1f}",
                      "p50_ms": f"{p50:.1f}", "p80_ms": f"{percentile(times[mode], 80):.1f}",
-                     "iterations_per_s": f"{1e3 / p50:.2f}", "images_per_s": f"{res.global_size * 1e3 / p50:.0f}"})
+                     "iterations_per_s": f"{1e3 / p50:.2f}", "images_per_s": f"{res.global_size * 1e3 / p50:.0f}",
+                     "gflop_per_iteration": f"{flops[mode] / 1e9:.2f}",
+                     "gflop_per_s": f"{flops[mode] / p50 / 1e6:.1f}"})
         print(f"{mode:5s}: {ops[mode] or 'n/a (compiled)'} ops/iteration, p50 {p50:.1f} ms ({1e3 / p50:.2f} it/s, "
-              f"{res.global_size * 1e3 / p50:.0f} images/s) on {prov['device']}", flush=True)
+              f"{res.global_size * 1e3 / p50:.0f} images/s; {flops[mode] / 1e9:.1f} GFLOP/iteration = "
+              f"{flops[mode] / p50 / 1e6:.1f} GFLOP/s) on {prov['device']}", flush=True)
     if args.out:
         append_csv(args.out, [{k: r[k] for k in FIELDS} for r in rows])
     return 0

@@ -44,6 +44,7 @@ def test_one_guard_form_with_warmup_writes_one_row(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     assert [row["guard"] for row in rows] == ["step"] and int(rows[0]["ops_per_iteration"]) > 0
+    assert float(rows[0]["gflop_per_iteration"]) > 0 and float(rows[0]["gflop_per_s"]) > 0
     assert "1 warm-up iterations" in r.stdout
 
 
