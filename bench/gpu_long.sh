@@ -20,14 +20,18 @@
 # `stagedc` (the first's recipe, compiled: more iterations in the same minutes), else `stagedh`. On a 2-core CPU
 # (SMOKE=1) the compiled iteration was slower (1158 vs 1077 ms at batch 8) after 338 s of compiling.
 #
-# Usage: bash bench/gpu_long.sh OUTDIR [MINUTES1 (default 3.5)] [MINUTES2 (default 2.5)]
+# Usage: bash bench/gpu_long.sh OUTDIR [MINUTES1] [MINUTES2]
+#   Without MINUTES1/2 the stages share what is left of BUDGET_S (default 560 s, for a 600-second call) after the
+#   set-up and the timing, 58:42, less 150 s for the stage start-ups, sampling and the tars; the compiled timing is
+#   cut off after 240 s (then counted as not faster).
 #   SMOKE=1: tiny batch, fp32, a few seconds per stage (checks the chain on a CPU); SKIP_BENCH=1: no timing first
 # Carry .whl/ (webdataset, braceexpand) and .carry/fmnist as for bench/gpu_distill.sh (its header says how).
 # Then, where the Inception file is:  python -m bench.trajectory fid runs/gpu_long/<name>/samples.npz
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_long.sh OUTDIR [MINUTES1] [MINUTES2]}
-M1=${2:-3.5}
-M2=${3:-2.5}
+M1=${2:-}
+M2=${3:-}
+BUDGET_S=${BUDGET_S:-560}
 mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
 PY=${PYTHON:-python3}
@@ -35,7 +39,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHO
 ROOT=runs/gpu_long
 mkdir -p $ROOT
 exec > >(tee -a $ROOT/gpu_long.log) 2>&1
-echo "gpu_long: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) minutes $M1 + $M2"
+echo "gpu_long: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) minutes ${M1:-auto} + ${M2:-auto}"
 DATA=$ROOT/shards
 # shellcheck source=bench/gpu_env.sh
 . bench/gpu_env.sh && gpu_env_setup $DATA
@@ -50,6 +54,7 @@ fi
 STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5 --loss.gan_weight=10)
 gpu_watch $ROOT/nvidia_smi.log
 SECOND="stagedh|--discriminator.lr=3e-4|"
+rm -f $ROOT/iteration.csv  # a warm machine keeps runs/: no timing of an earlier call may be reported
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   # eager, then compiled: p50 of one iteration of the stage-1 settings, one process alone
   BENCH=(--config configs/demo_fmnist_gpu.toml --set data.source=$DATA --set loss.backend=torch
@@ -57,9 +62,8 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   NB=(--iterations 30 --block 10)
   [ "${SMOKE:-0}" = 1 ] && BENCH+=(--set batch.global_size=8 --set batch.micro=8 --set engine.autocast_bf16=false) \
     && NB=(--iterations 2 --block 1)
-  rm -f $ROOT/iteration.csv
   "$PY" -m bench.iteration "${BENCH[@]}" "${NB[@]}" --warmup 3 2>&1 | tail -n 5
-  "$PY" -m bench.iteration "${BENCH[@]}" "${NB[@]}" --warmup 4 --set model.compile=true 2>&1 | tail -n 5
+  timeout 240 "$PY" -m bench.iteration "${BENCH[@]}" "${NB[@]}" --warmup 4 --set model.compile=true 2>&1 | tail -n 5
   if "$PY" - $ROOT/iteration.csv <<'PYEOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -69,6 +73,11 @@ sys.exit(0 if "compile" in p50 and "eager" in p50 and p50["compile"] < 0.7 * p50
 PYEOF
   then SECOND="stagedc||--model.compile=true"; fi
 fi
+if [ -z "$M1" ] || [ -z "$M2" ]; then  # minutes left, 58:42
+  read -r M1 M2 <<< "$(awk -v left=$((BUDGET_S - SECONDS - 150)) \
+    'BEGIN { m = (left > 120 ? left : 120) / 60; printf "%.2f %.2f", 0.58 * m, 0.42 * m }')"
+fi
+echo "stages: $M1 + $M2 minutes ($SECONDS s used of $BUDGET_S)"
 # name | stage-2 extra overrides | overrides of both stages
 TRAJ=("staged||" "$SECOND")
 run_traj() {  # name, stage-2 extras, extras of both: stage 1, then stage 2 resumed from stage 1's final checkpoint
