@@ -65,8 +65,10 @@ def test_compiled_iterations_log_what_the_eager_ones_do(runs):
 def test_compiled_checkpoints_keep_the_eager_parameter_names_and_values(runs):
     eager, comp = _weights(runs["eager"], "ckpt-000000004"), _weights(runs["comp"], "ckpt-000000004")
     assert comp.keys() == eager.keys() and not any("_orig_mod" in k for k in comp)
-    for k in eager:
-        torch.testing.assert_close(comp[k], eager[k], rtol=1e-3, atol=1e-4)
+    # Adam with beta1 = 0 moves an entry by ~lr (1e-3) whatever its gradient's size, so an entry whose gradient is
+    # at rounding level may move the other way in one of the two runs: nearly all entries agree, none by much more
+    diff = torch.cat([(comp[k].float() - eager[k].float()).abs().flatten() for k in eager])
+    assert (diff <= 1e-4).float().mean() >= 0.999 and diff.max() <= 1e-2, (diff.max(), (diff > 1e-4).sum())
 
 
 def test_compiled_run_resumes_its_checkpoint(runs):
