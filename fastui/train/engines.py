@@ -258,8 +258,13 @@ class Engine:
 
     @property
     def lr(self) -> float:
-        """Current learning rate (host value from the optimizer's param groups)."""
-        return float(self.optimizer.param_groups[0]["lr"])
+        """Current learning rate of the first parameter group (host value)."""
+        return self.lrs[0]
+
+    @property
+    def lrs(self) -> list[float]:
+        """Current learning rate of every parameter group, in order (host values)."""
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
 
     @contextlib.contextmanager
     def frozen(self):

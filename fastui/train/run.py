@@ -323,9 +323,9 @@ def _log(logger: RunLogger, stats: Stats, gen, fake_eng, iteration: int, images:
             values[f"grad_norm_{name}"] = float(norm)
         values[f"lr_{name}"] = eng.lr
         values[f"n_nonfinite_grad_{name}"] = float(eng.guard.count)
-    groups = getattr(fake_eng.optimizer, "param_groups", [])
-    if len(groups) > 1:  # discriminator.lr: the conv head's own Adam group (the last)
-        values["lr_disc"] = float(groups[-1]["lr"])
+    lrs = fake_eng.lrs
+    if len(lrs) > 1:  # discriminator.lr: the conv head's own Adam group (the last)
+        values["lr_disc"] = lrs[-1]
     values["generator_on"] = float(ph.generator_step)
     values["ratio_on"] = float(ph.ratio_on)
     return logger.log(iteration, images, values)
