@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-import fastui
-from bench.disc_probe import one_step_samples, real_images, sample_sigma
+from bench.disc_probe import one_step_samples, real_images
 from fastui.teachers import load_teacher
 from fastui.train.models import PixelHead
+from fastui.train.refresh import train_head_alone
 
 SHAPE = (1, 32, 32)
 
@@ -39,27 +39,17 @@ SHAPE = (1, 32, 32)
 def pretrain_head(head: PixelHead, generator_state: dict, *, steps: int, batch: int, seed: int, pool: int = 4096,
                   log_every: int = 100) -> float:
     """Train ``head`` alone for ``steps`` Adam steps: real images vs the generator's one-step samples (sigma_init
-    2.5). Returns the mean ``L_disc`` of the last 50 steps (2 ln 2 = 1.386 is chance)."""
+    2.5), with the engine's own loop (:func:`fastui.train.refresh.train_head_alone`). Returns the mean ``L_disc`` of
+    the last 50 steps (2 ln 2 = 1.386 is chance)."""
     torch.manual_seed(seed)
     gen = load_teacher("demo")
     gen.load_state_dict(generator_state)
     gen.eval()
     real, real_c = real_images(pool, seed)
     fake = one_step_samples(gen, real_c[torch.randperm(pool)]).float()
-    opt = torch.optim.Adam(head.parameters(), lr=3e-4, betas=(0.0, 0.999))
-    recent: list[float] = []
-    for step in range(1, steps + 1):
-        i, j = torch.randint(0, pool, (batch,)), torch.randint(0, pool, (batch,))
-        sigma = sample_sigma(batch)
-        noise = torch.randn(batch, *SHAPE) * sigma.view(-1, 1, 1, 1)
-        loss = fastui.discriminator_loss(head(fake[j] + noise, sigma), head(real[i] + noise, sigma))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        recent = (recent + [loss.item()])[-50:]
-        if step % log_every == 0 or step == steps:
-            print(f"fork_head: pretrain step {step}/{steps}: L_disc {sum(recent) / len(recent):.4f}", flush=True)
-    return sum(recent) / len(recent)
+    _, last = train_head_alone(head, real, fake, steps=steps, batch=batch, lr=3e-4,
+                               generator=torch.Generator().manual_seed(seed), log_every=log_every)
+    return last
 
 
 def fork(ckpt: Path, out_run: Path, *, depth: int, channels: int = 64, pretrain_steps: int = 0, batch: int = 64,

@@ -141,6 +141,12 @@ class DiscriminatorConfig:
     depth: int = 2  # stride-2 convolutions of the conv head (2: 7x7-pixel patches; 4: 31x31; MLP: hidden layers)
     weight: float = 1.0  # weight of L_disc in the fake-score step (1 = the published recipes; see README "demo")
     lr: float = 0.0  # learning rate of the conv head, its own Adam group in the fake engine (0 = optim.lr_fake)
+    refresh_every_images: int = 0  # a fresh conv head every this many images, pre-trained alone (0 = never)
+    refresh_start_images: int = 0  # no refresh before this many images
+    refresh_steps: int = 1500  # Adam steps of a fresh head alone: real images vs the generator's samples
+    refresh_lr: float = 3e-4  # learning rate of those steps (Adam betas 0, 0.999)
+    refresh_batch: int = 64  # real and generated images per step of those
+    refresh_pool: int = 4096  # real images and generator samples drawn per rank for a refresh
 
 
 @dataclass
@@ -375,6 +381,7 @@ def validate(cfg: Config) -> None:
     if cfg.discriminator.lr > 0 and cfg.discriminator.kind != "conv":
         raise ConfigError("discriminator.lr needs discriminator.kind = 'conv': the shared discriminator reads the fake "
                           "score's own features and has no parameters of its own")
+    _check_refresh(cfg)
     if cfg.ema.halflife_images <= 0 or cfg.ema.rampup < 0:
         raise ConfigError("ema.halflife_images must be > 0 and ema.rampup >= 0")
     if cfg.engine.backend == "torch" and cfg.engine.zero_stage != 0:
@@ -391,6 +398,28 @@ def validate(cfg: Config) -> None:
         raise ConfigError("teacher.spec is empty; give a checkpoint directory, 'demo', 'gmm:ring8', ... or 'random'")
     if cfg.teacher.spec == "random" and not cfg.teacher.arch:
         raise ConfigError("teacher.spec = 'random' needs a [teacher.arch] table")
+
+
+def _check_refresh(cfg: Config) -> None:
+    """``discriminator.refresh_*``: values, and what a refresh needs (a conv head, the torch backend)."""
+    d = cfg.discriminator
+    for key in ("refresh_every_images", "refresh_start_images", "refresh_steps"):
+        if getattr(d, key) < 0:
+            raise ConfigError(f"discriminator.{key} must be >= 0, got {getattr(d, key)}")
+    for key in ("refresh_lr", "refresh_batch", "refresh_pool"):
+        if not getattr(d, key) > 0:
+            raise ConfigError(f"discriminator.{key} must be > 0, got {getattr(d, key)}")
+    if d.refresh_batch > d.refresh_pool:
+        raise ConfigError(f"discriminator.refresh_batch ({d.refresh_batch}) must be <= discriminator.refresh_pool "
+                          f"({d.refresh_pool})")
+    if d.refresh_every_images == 0:
+        return
+    if d.kind != "conv":
+        raise ConfigError("discriminator.refresh_every_images needs discriminator.kind = 'conv': the shared "
+                          "discriminator is the fake score's own encoder, which a refresh would erase")
+    if cfg.engine.backend != "torch":
+        raise ConfigError("discriminator.refresh_every_images needs engine.backend = 'torch' (under DeepSpeed the "
+                          "head's parameters and Adam state live in ZeRO's partitions)")
 
 
 def _cuda_available() -> bool:
@@ -448,6 +477,9 @@ def resolve(cfg: Config, world: int) -> Resolved:
     elif micro * accum * world != glob:
         raise ConfigError(f"batch.global_size = {glob} but batch.micro x batch.grad_accum x world = "
                           f"{micro} x {accum} x {world} = {micro * accum * world}")
+    if cfg.discriminator.refresh_every_images and not (gan or use_ratio):
+        raise ConfigError(f"discriminator.refresh_every_images: method {p.name!r} trains no discriminator here "
+                          "(turn on loss.gan or loss.ratio)")
     eps = cfg.optim.eps or (1e-8 if cfg.engine.precision == "fp32" and not cfg.engine.autocast_bf16 else 1e-6)
     return Resolved(
         preset=p, divergence=cfg.loss.divergence or (p.divergence or ""),

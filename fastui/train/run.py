@@ -27,7 +27,7 @@ from .models import build_network, build_networks, data_shape, save_network, tea
 from .schedule import ema_beta, phase
 from .step import Draws, Stats, StepContext, train_iteration
 
-__all__ = ["Setup", "run_dir_of", "select_device", "setup", "train"]
+__all__ = ["Setup", "refresh_due", "run_dir_of", "select_device", "setup", "train"]
 
 
 def select_device(cfg: Config) -> torch.device:
@@ -274,6 +274,8 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
         if _fault("KILL_AT_ITERATION", it + 1):  # "killed during iteration it + 1" (test hook)
             _kill_self()
         done_it, images_after = it + 1, (it + 1) * res.global_size
+        if refresh_due(cfg, images_after, every):
+            _refresh(ctx, it, images_after, rank)
         final = done_it == total_it or (deadline is not None and _past(deadline, world))
         if done_it % cfg.run.log_every == 0 or final:
             last = _log(logger, stats, gen, fake_eng, done_it, images_after, ph)
@@ -302,6 +304,25 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
 def crossed_every(step_images: int, images_after: int, images_per_iteration: int) -> bool:
     """Whether the iteration that ended at ``images_after`` crossed a multiple of ``step_images`` (0 = never)."""
     return step_images > 0 and images_after // step_images > (images_after - images_per_iteration) // step_images
+
+
+def refresh_due(cfg: Config, images_after: int, images_per_iteration: int) -> bool:
+    """Whether a fresh discriminator head is due after the iteration that ended at ``images_after``: it crossed a
+    multiple of ``discriminator.refresh_every_images`` beyond ``discriminator.refresh_start_images``."""
+    d = cfg.discriminator
+    return images_after > d.refresh_start_images and crossed_every(d.refresh_every_images, images_after,
+                                                                   images_per_iteration)
+
+
+def _refresh(ctx: StepContext, it: int, images: int, rank: int) -> None:
+    from .refresh import refresh_head
+
+    r = refresh_head(ctx, it)
+    if rank == 0:
+        d = ctx.cfg.discriminator
+        print(f"fastui train: fresh discriminator head at {images:,} images: {d.refresh_steps} Adam steps alone "
+              f"(pools of {d.refresh_pool} real images and generator samples), L_disc {r['loss_first']:.4f} -> "
+              f"{r['loss_last']:.4f} (chance 1.3863), {r['seconds']:.1f} s", flush=True)
 
 
 def _past(deadline: float, world: int) -> bool:
