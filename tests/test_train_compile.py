@@ -80,3 +80,20 @@ def test_an_unknown_compile_mode_is_a_config_error():
 
     with pytest.raises(ConfigError, match="compile_mode"):
         load_config(str(ROOT / "configs" / "toy_ring8.toml"), ["--model.compile_mode=fast"])
+
+
+def test_a_compiled_run_sees_a_refreshed_discriminator_head(tmp_path):
+    """The refresh copies new weights into the (compiled) fake engine's head in place: the compiled graphs must read
+    them, so the density ratio and the losses after each refresh are the eager run's."""
+    refresh = ("--discriminator.refresh_every_images=64", "--discriminator.refresh_steps=20",
+               "--discriminator.refresh_pool=128")
+    eager = _train(tmp_path, "eager", 3 * BATCH, *refresh)
+    comp = _train(tmp_path, "comp", 3 * BATCH, *refresh, "--model.compile=true")
+    for r in (eager, comp):
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stdout.count("fresh discriminator head") == 3, r.stdout
+    e, c = _log(tmp_path / "eager"), _log(tmp_path / "comp")
+    assert len(e) == len(c) == 3
+    for re_, rc in zip(e, c):
+        for key in ("loss_g", "loss_fake", "log_ratio_abs", "loss_disc"):
+            assert float(rc[key]) == pytest.approx(float(re_[key]), rel=1e-3, abs=1e-3), (re_["iteration"], key)
