@@ -9,6 +9,7 @@ of the two-rank check (``python tests/test_train_refresh.py worker OUT``).
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import signal
@@ -77,6 +78,11 @@ def test_a_head_is_refreshed_at_every_multiple_of_the_interval_and_learns(runs):
     assert [int(n.replace(",", "")) for n, _, _ in lines] == [512, 1024, 1536], runs["full_out"]
     for _, first, last in lines:
         assert float(last) < float(first) - 0.05, lines  # the one-step toy generator is easy to tell from the ring
+    with open(runs["full"] / "log.csv") as f:
+        rows = list(csv.DictReader(f))  # rows written before the first refresh lack its columns
+    assert [r["n_disc_refresh"] or "" for r in rows] == ["", "1.0", "", "1.0", "", "1.0"]
+    assert [round(float(r["refresh_loss_disc"]), 4) for r in rows if r["refresh_loss_disc"]] == \
+        [float(last) for _, _, last in lines]
 
 
 def test_refresh_replaces_only_the_head_and_its_adam_state(runs):

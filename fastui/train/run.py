@@ -318,6 +318,9 @@ def _refresh(ctx: StepContext, it: int, images: int, rank: int) -> None:
     from .refresh import refresh_head
 
     r = refresh_head(ctx, it)
+    ctx.stats.add("n_disc_refresh", torch.ones((), device=ctx.device))  # log.csv: the window that holds a refresh
+    if r["loss_last"] == r["loss_last"]:  # not NaN (refresh_steps > 0)
+        ctx.stats.add("refresh_loss_disc", torch.tensor(r["loss_last"], device=ctx.device))
     if rank == 0:
         d = ctx.cfg.discriminator
         print(f"fastui train: fresh discriminator head at {images:,} images: {d.refresh_steps} Adam steps alone "
