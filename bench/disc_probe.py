@@ -1,5 +1,5 @@
-"""Can the density-ratio discriminator tell the generator's samples from real images? (README, demo tuning and
-"Longer configuration")
+"""Can the density-ratio discriminator tell the generator's samples from real images? (README, demo tuning, and
+bench/results/longer_config.md)
 
 ``python -m bench.disc_probe [--kind shared|conv] [--depth D] [--weight W] [--dsm W] [--steps N] [--seed S]
 [--generator DIR] [--held-out N]``

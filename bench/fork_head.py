@@ -1,5 +1,5 @@
 """Fork a run's checkpoint with a new conv discriminator head (another ``discriminator.depth``), so that a long run
-can try a deeper head without starting over (README "Longer configuration", session 9).
+can try a deeper head without starting over (bench/results/longer_config.md, "Session 9").
 
 ``python -m bench.fork_head CKPT OUT_RUN_DIR --depth D [--channels C] [--pretrain-steps N] [--batch B] [--pool P]
 [--seed S]``

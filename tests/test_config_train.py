@@ -115,7 +115,8 @@ def test_describe_documents_every_field():
 
 
 def test_fmnist_demo_configs_load_and_the_cpu_one_is_the_measured_cpu_run():
-    """The CPU long config is the GPU config with the overrides of the measured CPU run (README, "On the CPU")."""
+    """The CPU long config is the GPU config with the overrides of the measured CPU run
+    (bench/results/longer_config.md, "On the CPU")."""
     cfgs = {p.stem: load_config(p) for p in (ROOT / "configs").glob("demo_fmnist*.toml")}
     assert {"demo_fmnist", "demo_fmnist_long", "demo_fmnist_gpu", "demo_fmnist_cpu"} <= set(cfgs)
     measured = load_config(ROOT / "configs" / "demo_fmnist_gpu.toml", [

@@ -2,8 +2,9 @@
 
 Late in a long run the conv head stops telling the generator's samples from real images (``loss_disc`` back at chance,
 2 ln 2 = 1.386), and with it the density-ratio weighting and the GAN term stop acting. A head re-initialised and first
-trained alone against the current generator was the one change that moved the FID of such a run (README "Longer
-configuration", session 9, by hand with ``bench/fork_head.py``); :func:`refresh_head` does the same inside the engine:
+trained alone against the current generator was the one change that moved the FID of such a run (session 9, by
+hand with ``bench/fork_head.py``; ``bench/results/longer_config.md``). :func:`refresh_head` does the same inside the
+engine:
 
 1. draws ``refresh_pool`` real images (the run's own data stream) and as many one-step samples of the current (raw)
    generator, all ranks together, through :class:`~fastui.train.step.Draws` keyed by the iteration (a resumed run
