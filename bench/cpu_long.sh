@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# bench/cpu_long.sh MINUTES [NAME] -- issue 7's longer configuration as one trajectory on the CPU that many sessions
+# continue: each call resumes the newest checkpoint of runs/cpu_long/NAME (default `refresh`) for MINUTES of wall
+# time, in the stage its image count is in, so that no session has to remember what the last one ran:
+#
+#   stage 1, to 175,000 images: configs/demo_fmnist_gpu.toml (batch 128, GAN weight 3, EMA 50k) with the depth-4
+#            discriminator head (better than depth 2 on the GPU at batch 512 and on the CPU at batch 32)
+#   stage 2, to 256,000: both learning rates / 4 (the CPU trajectory's step at 175k, bench/results/cpu_long.csv)
+#   stage 3, to 1,000,000: + GAN weight 10 (its step at 256k) + a fresh, pre-trained head every 32,000 images from
+#            288,000 on (discriminator.refresh_*; by hand in session 9 it was the one change that moved the plateau)
+#
+# EMA snapshots every 16,000 images (runs/cpu_long/NAME/snapshots/); checkpoints every 8,000 (the last two kept), so
+# a session that ends mid-stage loses at most ~8,000 images. bf16 autocast where the CPU has native bf16 (AMX /
+# AVX512-BF16), fp32 elsewhere (the same maths; fp32 on a 2-core AMD EPYC: ~13 s per iteration of 128).
+# Score what is new (FID n = 300, the demo's draws; rows in bench/results/cpu_long.csv):
+#   python -m bench.score_snapshots runs/cpu_long/refresh --csv bench/results/cpu_long.csv --variant cpu_long_refresh \
+#       --config configs/demo_fmnist_gpu.toml --overrides "see bench/cpu_long.sh"
+# Data: $DATA, else runs/demo/shards (what `make demo` writes), else written here from the Debian package.
+# CPU_LONG_ROOT: another directory for the runs (default runs/cpu_long).
+# DRY=1 prints the command of the current stage and exits; SMOKE=1 runs the stages on tiny numbers (batch 8).
+set -u
+MINUTES=${1:?usage: bash bench/cpu_long.sh MINUTES [NAME]}
+NAME=${2:-refresh}
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
+PY=${PYTHON:-.venv/bin/python}
+ROOT=${CPU_LONG_ROOT:-runs/cpu_long}
+RUN=$ROOT/$NAME
+DATA=${DATA:-runs/demo/shards}
+if [ ! -f "$DATA/manifest.json" ]; then
+  DATA=$ROOT/shards
+  [ -f "$DATA/manifest.json" ] || "$PY" -m fastui.data.cli fashion-mnist --root /usr/share/datasets/fashion-mnist \
+    --out "$DATA" --pad-to 32 --workers 2 || exit 97
+fi
+BF16=$("$PY" -c "from fastui.cpu import native_bf16; print(str(native_bf16()).lower())") || exit 98
+B1=175000 B2=256000 B3=1000000 EVERY=32000 SNAP=16000 CKPT=8000 BATCH=()
+if [ "${SMOKE:-0}" = 1 ]; then  # the stage logic on tiny numbers: batch 8, stages end at 16 / 32 / 48 images
+  B1=16 B2=32 B3=48 EVERY=8 SNAP=8 CKPT=8 BATCH=(--batch.global_size=8 --batch.micro=8
+    --discriminator.refresh_steps=5 --discriminator.refresh_pool=16 --discriminator.refresh_batch=8)
+fi
+done_images() {  # images of the newest complete checkpoint (0 when none)
+  "$PY" - "$RUN/checkpoints" <<'PYEOF'
+import json, sys
+from pathlib import Path
+from fastui.train.checkpoint import find_latest
+p = find_latest(Path(sys.argv[1]))
+print(json.loads((p / "meta.json").read_text())["images"] if p else 0)
+PYEOF
+}
+END=$((SECONDS + ${MINUTES%.*} * 60))
+while :; do
+  DONE=$(done_images) || exit 96
+  LEFT=$(( (END - SECONDS) / 60 ))
+  COMMON=(--config configs/demo_fmnist_gpu.toml --data.source="$DATA" --resume auto --run.out_dir=$ROOT
+          --run.name="$NAME" --discriminator.depth=4 --engine.autocast_bf16="$BF16" --run.progress=false
+          --run.log_every=10 --run.snapshot_every_images=$SNAP --run.ckpt_every_images=$CKPT --run.keep_last=2
+          --run.grid_every_images=0 --run.max_minutes="$LEFT" "${BATCH[@]}")
+  STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5)
+  if [ "$DONE" -lt $B1 ]; then
+    STAGE=1 EXTRA=(--run.duration_images=$B1)
+  elif [ "$DONE" -lt $B2 ]; then
+    STAGE=2 EXTRA=("${STAGE2[@]}" --run.duration_images=$B2)
+  elif [ "$DONE" -lt $B3 ]; then
+    STAGE=3 EXTRA=("${STAGE2[@]}" --loss.gan_weight=10 --discriminator.refresh_every_images=$EVERY
+                   --discriminator.refresh_start_images=$B2 --run.duration_images=$B3)
+  else
+    echo "cpu_long: $RUN is done ($DONE images)"; exit 0
+  fi
+  echo "cpu_long: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) $RUN at $DONE images: stage" \
+    "$STAGE for up to $LEFT minutes (bf16 $BF16)"
+  if [ "${DRY:-0}" = 1 ]; then echo "$PY" -m fastui.train "${COMMON[@]}" "${EXTRA[@]}"; exit 0; fi
+  [ "$LEFT" -ge 1 ] || exit 0
+  mkdir -p $ROOT
+  "$PY" -m fastui.train "${COMMON[@]}" "${EXTRA[@]}" || exit $?
+  [ "$(done_images)" = "$DONE" ] && exit 0  # no progress: out of time
+done

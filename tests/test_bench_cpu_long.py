@@ -1,0 +1,48 @@
+"""``bench/cpu_long.sh``: a trajectory that many sessions continue picks its stage from the checkpoint's image count
+(SMOKE=1: batch 8, stages ending at 16 / 32 / 48 images, on 64 real Fashion-MNIST images)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _script(tmp_path: Path, *, dry: bool = False) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SMOKE="1", CPU_LONG_ROOT=str(tmp_path / "runs"), DATA=str(tmp_path / "shards"),
+               PYTHON=sys.executable, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DRY="1" if dry else "0")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return subprocess.run(["bash", str(ROOT / "bench" / "cpu_long.sh"), "5", "t"], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="needs dataset-fashion-mnist")
+def test_the_stages_follow_the_image_count_and_a_finished_run_stops(tmp_path):
+    subprocess.run([sys.executable, "-m", "fastui.data.cli", "fashion-mnist", "--root", str(FMNIST), "--out",
+                    str(tmp_path / "shards"), "--pad-to", "32", "--limit", "64"], check=True, capture_output=True,
+                   cwd=ROOT)
+    dry = _script(tmp_path, dry=True)
+    assert dry.returncode == 0 and "at 0 images: stage 1" in dry.stdout, dry.stdout + dry.stderr
+    assert not (tmp_path / "runs").exists()  # DRY=1 runs nothing
+
+    r = _script(tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    stages = re.findall(r"at (\d+) images: stage (\d)", r.stdout)
+    assert stages == [("0", "1"), ("16", "2"), ("32", "3")], r.stdout
+    assert "generator optimizer lr 0.0001 -> 2.5e-05" in r.stderr  # stage 2 lowers the rates
+    refreshes = re.findall(r"fresh discriminator head at (\d+) images", r.stdout)
+    assert refreshes == ["40", "48"], r.stdout  # stage 3 only: past 32 images, every 8
+    assert "is done (48 images)" in r.stdout
+    snaps = sorted(p.name for p in (tmp_path / "runs" / "t" / "snapshots").iterdir())
+    assert snaps == [f"{n:09d}" for n in (8, 16, 24, 32, 40, 48)]
+
+    again = _script(tmp_path)
+    assert again.returncode == 0 and "is done (48 images)" in again.stdout and ": stage" not in again.stdout
