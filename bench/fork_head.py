@@ -40,7 +40,7 @@ def pretrain_head(head: PixelHead, generator_state: dict, *, steps: int, batch: 
                   log_every: int = 100) -> float:
     """Train ``head`` alone for ``steps`` Adam steps: real images vs the generator's one-step samples (sigma_init
     2.5), with the engine's own loop (:func:`fastui.train.refresh.train_head_alone`). Returns the mean ``L_disc`` of
-    the last 50 steps (2 ln 2 = 1.386 is chance)."""
+    the last (up to 50) steps (2 ln 2 = 1.386 is chance)."""
     torch.manual_seed(seed)
     gen = load_teacher("demo")
     gen.load_state_dict(generator_state)

@@ -146,7 +146,7 @@ class DiscriminatorConfig:
     refresh_steps: int = 1500  # Adam steps of a fresh head alone: real images vs the generator's samples
     refresh_lr: float = 3e-4  # learning rate of those steps (Adam betas 0, 0.999)
     refresh_batch: int = 64  # real and generated images per step of those
-    refresh_pool: int = 4096  # real images and generator samples drawn per rank for a refresh
+    refresh_pool: int = 4096  # real images and generator samples drawn for a refresh (all ranks together)
 
 
 @dataclass
