@@ -9,6 +9,8 @@
 #   stage 3, to 1,000,000: + GAN weight 10 (its step at 256k) + a fresh, pre-trained head every 32,000 images from
 #            288,000 on (discriminator.refresh_*; by hand in session 9 it was the one change that moved the plateau)
 #
+# MINUTES may be fractional; the run stops at the first iteration past it, then finishes that iteration (and a refresh
+# due there: ~2 minutes in fp32 here), its checkpoint and its export, so leave a few minutes' margin.
 # EMA snapshots every 16,000 images (runs/cpu_long/NAME/snapshots/); checkpoints every 8,000 (the last two kept), so
 # a session that ends mid-stage loses at most ~8,000 images. bf16 autocast where the CPU has native bf16 (AMX /
 # AVX512-BF16), fp32 elsewhere (the same maths; fp32 on a 2-core AMD EPYC: ~13 s per iteration of 128).
@@ -25,11 +27,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
 PY=${PYTHON:-.venv/bin/python}
 ROOT=${CPU_LONG_ROOT:-runs/cpu_long}
 RUN=$ROOT/$NAME
+# the deadline, in seconds since the epoch (MINUTES may be fractional); the shards below count against it
+END=$(awk -v m="$MINUTES" -v now="$(date +%s)" 'BEGIN { if (m !~ /^[0-9]*\.?[0-9]+$/) exit 1; printf "%d", now + m * 60 }') \
+  || { echo "cpu_long: MINUTES must be a number, got $MINUTES" >&2; exit 2; }
 DATA=${DATA:-runs/demo/shards}
 if [ ! -f "$DATA/manifest.json" ]; then
   DATA=$ROOT/shards
-  [ -f "$DATA/manifest.json" ] || "$PY" -m fastui.data.cli fashion-mnist --root /usr/share/datasets/fashion-mnist \
-    --out "$DATA" --pad-to 32 --workers 2 || exit 97
+  [ -f "$DATA/manifest.json" ] || [ "${DRY:-0}" = 1 ] || "$PY" -m fastui.data.cli fashion-mnist \
+    --root /usr/share/datasets/fashion-mnist --out "$DATA" --pad-to 32 --workers 2 || exit 97
 fi
 BF16=$("$PY" -c "from fastui.cpu import native_bf16; print(str(native_bf16()).lower())") || exit 98
 B1=175000 B2=256000 B3=1000000 EVERY=32000 SNAP=16000 CKPT=8000 BATCH=()
@@ -46,10 +51,10 @@ p = find_latest(Path(sys.argv[1]))
 print(json.loads((p / "meta.json").read_text())["images"] if p else 0)
 PYEOF
 }
-END=$((SECONDS + ${MINUTES%.*} * 60))
 while :; do
   DONE=$(done_images) || exit 96
-  LEFT=$(( (END - SECONDS) / 60 ))
+  LEFT_S=$((END - $(date +%s)))
+  LEFT=$(awk -v s=$LEFT_S 'BEGIN { printf "%.2f", s / 60 }')
   COMMON=(--config configs/demo_fmnist_gpu.toml --data.source="$DATA" --resume auto --run.out_dir=$ROOT
           --run.name="$NAME" --discriminator.depth=4 --engine.autocast_bf16="$BF16" --run.progress=false
           --run.log_every=10 --run.snapshot_every_images=$SNAP --run.ckpt_every_images=$CKPT --run.keep_last=2
@@ -68,7 +73,7 @@ while :; do
   echo "cpu_long: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) $RUN at $DONE images: stage" \
     "$STAGE for up to $LEFT minutes (bf16 $BF16)"
   if [ "${DRY:-0}" = 1 ]; then echo "$PY" -m fastui.train "${COMMON[@]}" "${EXTRA[@]}"; exit 0; fi
-  [ "$LEFT" -ge 1 ] || exit 0
+  [ $LEFT_S -ge 30 ] || { echo "cpu_long: less than 30 s left"; exit 0; }
   mkdir -p $ROOT
   "$PY" -m fastui.train "${COMMON[@]}" "${EXTRA[@]}" || exit $?
   [ "$(done_images)" = "$DONE" ] && exit 0  # no progress: out of time

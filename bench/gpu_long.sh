@@ -16,9 +16,10 @@
 # images of stage 2 (discriminator.refresh_*: what bench/fork_head.py did by hand in session 9, the one change that
 # moved the late plateau on the CPU), and compiled (`model.compile = true`): the iteration is host-bound on an H100
 # (~8k dispatched operations, 5.1 it/s), which inductor's fused kernels should relieve; never measured on a GPU. The
-# two run side by side from the start, so nothing is spent on a separate timing: at equal images (snapshots every
-# 32,000) their FIDs compare the refresh; their iterations per minute (log.csv) compare compiled with eager, compile
-# time included (each stage start compiles again, from inductor's cache).
+# two run side by side from the start, so nothing is spent on a separate timing. Both switch to stage 2 at the same
+# image count (B1 below), so at equal images (snapshots every 32,000) their FIDs compare the refresh (and compiled
+# with eager numerics, which should not matter); their images per minute in stage 1 (log.csv, before any refresh)
+# compare compiled with eager, compile time included (each stage start compiles again, from inductor's cache).
 #
 # Usage: bash bench/gpu_long.sh OUTDIR [MINUTES1] [MINUTES2]
 #   Without MINUTES1/2 the stages share what is left of BUDGET_S (default 560 s, for a 600-second call) after the
@@ -61,15 +62,25 @@ if [ -z "$M1" ] || [ -z "$M2" ]; then  # minutes left, 58:42
   read -r M1 M2 <<< "$(awk -v left=$((BUDGET_S - SECONDS - 150)) \
     'BEGIN { m = (left > 120 ? left : 120) / 60; printf "%.2f %.2f", 0.58 * m, 0.42 * m }')"
 fi
-echo "stages: $M1 + $M2 minutes ($SECONDS s used of $BUDGET_S)"
+# Stage 1 ends at B1 images in both trajectories (or at M1 minutes, whichever comes first), so that both change their
+# rates and GAN weight at the same image count: B1 assumes 400 images/s per process (session 10: 3.0 iterations/s of
+# 128 with four processes on the H100), rounded down to a snapshot. Stage 2 runs to a common deadline, M1 + M2
+# minutes from now: a trajectory that reaches B1 early (compiled, if compile pays) gets more stage-2 minutes.
+B1=$(awk -v m="$M1" 'BEGIN { b = int(m * 60 * 400 / 32000) * 32000; print (b < 32000 ? 32000 : b) }')
+[ "${SMOKE:-0}" = 1 ] && B1=16
+DEADLINE=$(awk -v a="$M1" -v b="$M2" -v now="$(date +%s)" 'BEGIN { printf "%d", now + (a + b) * 60 }')
+echo "stages: $M1 + $M2 minutes ($SECONDS s used of $BUDGET_S); stage 1 ends at $B1 images"
 # name | stage-2 extra overrides | overrides of both stages
 TRAJ=("staged||" "stagedrc|$REFRESH|$COMPILE")
 run_traj() {  # name, stage-2 extras, extras of both: stage 1, then stage 2 resumed from stage 1's final checkpoint
   local name=$1 extra=$2 both=$3
   # shellcheck disable=SC2086
-  "$PY" -m fastui.train "${COMMON[@]}" $both --run.name="$name" --run.max_minutes="$M1" || return 1
+  "$PY" -m fastui.train "${COMMON[@]}" $both --run.name="$name" --run.duration_images="$B1" \
+    --run.max_minutes="$M1" || return 1
+  local left
+  left=$(awk -v d="$DEADLINE" -v now="$(date +%s)" 'BEGIN { m = (d - now) / 60; printf "%.2f", (m > 0.1 ? m : 0.1) }')
   # shellcheck disable=SC2086
-  "$PY" -m fastui.train "${COMMON[@]}" "${STAGE2[@]}" $extra $both --run.name="$name" --run.max_minutes="$M2"
+  "$PY" -m fastui.train "${COMMON[@]}" "${STAGE2[@]}" $extra $both --run.name="$name" --run.max_minutes="$left"
 }
 pids=()
 for t in "${TRAJ[@]}"; do

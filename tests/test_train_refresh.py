@@ -80,7 +80,7 @@ def test_a_head_is_refreshed_at_every_multiple_of_the_interval_and_learns(runs):
         assert float(last) < float(first) - 0.05, lines  # the one-step toy generator is easy to tell from the ring
     with open(runs["full"] / "log.csv") as f:
         rows = list(csv.DictReader(f))  # rows written before the first refresh lack its columns
-    assert [r["n_disc_refresh"] or "" for r in rows] == ["", "1.0", "", "1.0", "", "1.0"]
+    assert [r["disc_refresh"] or "" for r in rows] == ["", "1.0", "", "1.0", "", "1.0"]
     assert [round(float(r["refresh_loss_disc"]), 4) for r in rows if r["refresh_loss_disc"]] == \
         [float(last) for _, _, last in lines]
 

@@ -6,15 +6,17 @@ trained alone against the current generator was the one change that moved the FI
 hand with ``bench/fork_head.py``; ``bench/results/longer_config.md``). :func:`refresh_head` does the same inside the
 engine:
 
-1. draws ``refresh_pool`` real images (the run's own data stream) and as many one-step samples of the current (raw)
-   generator, all ranks together, through :class:`~fastui.train.step.Draws` keyed by the iteration (a resumed run
-   draws what an uninterrupted one does), and gathers both pools on every rank;
+1. draws ``refresh_pool`` real images (the next batches of the run's own data stream, whose position the checkpoint
+   saved after the refresh holds) and as many one-step samples of the current (raw) generator (through
+   :class:`~fastui.train.step.Draws` keyed by the iteration), all ranks together, and gathers both pools on every
+   rank, so a resumed run draws what an uninterrupted one does;
 2. builds a new :class:`~fastui.train.models.PixelHead` of the configured shape from a seed of ``(run.seed, iteration)``
    and trains it alone for ``refresh_steps`` Adam steps (``refresh_lr``, betas 0 / 0.999, ``refresh_batch`` real and
    generated images per step, the log-normal sigma of the fake-score step, one noise draw for both halves as in
-   MATH §3); every rank runs the same steps on the same pools, so the heads stay identical without communication;
-3. copies its weights into the engine's head in place and drops the head's Adam state in the fake engine's optimizer
-   (the fake score's parameters and state are untouched).
+   MATH §3); every rank runs the same steps on the same pools;
+3. copies its weights into the engine's head in place (then broadcasts rank 0's: cuDNN's convolution gradients need
+   not be bitwise the same on every GPU, and DDP never re-synchronises parameters) and drops the head's Adam state in
+   the fake engine's optimizer (the fake score's parameters and state are untouched).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ REFRESH_SUB = 1 << 20  # Draws sub-step index of a refresh's pool batches (a tra
 def _pools(ctx: StepContext, it: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``size`` real images and ``size`` one-step generator samples (fp32), drawn by all ranks together and gathered,
     so every rank holds the same two pools. Batch ``j`` of the pool is one global batch (``grad_accum`` micro-batches
-    on every rank, rows in the order of ``batch.noise = "global"``), so with world-invariant draws the pools do not
-    depend on the number of ranks either."""
+    on every rank, rows in the order of ``batch.noise = "global"``), so with world-invariant draws (global noise,
+    synthetic or analytic real images) the pools do not depend on the number of ranks either."""
     res = ctx.res
     batches = -(-size // res.global_size)
     reals, fakes = [], []
@@ -48,7 +50,8 @@ def _pools(ctx: StepContext, it: int, size: int) -> tuple[torch.Tensor, torch.Te
             d = Draws(ctx, it, REFRESH_SUB + j, m)
             labels = ctx.g_labels(d)
             with torch.no_grad(), ctx.amp():
-                fakes.append(_generate(ctx, d, labels, ctx.gen.module).float())
+                # a copy: under CUDA graphs (compile_mode reduce-overhead) the output buffer is reused
+                fakes.append(_generate(ctx, d, labels, ctx.gen.module).float().clone())
             reals.append(ctx.real(d)[0].float())
     return _gather(torch.stack(reals), size, ctx.shape), _gather(torch.stack(fakes), size, ctx.shape)
 
@@ -75,7 +78,7 @@ def train_head_alone(head: torch.nn.Module, real: torch.Tensor, fake: torch.Tens
     device = real.device
     shape = tuple(real.shape[1:])
     opt = torch.optim.Adam(head.parameters(), lr=lr, betas=(0.0, 0.999))
-    window = min(50, max(1, steps // 2)) if steps else 0  # first and last do not overlap
+    window = min(50, max(1, steps // 2)) if steps else 0  # first and last overlap only when steps = 1
     first = torch.zeros((), device=device)
     last = torch.zeros((), device=device)
     recent: list[torch.Tensor] = []
@@ -124,9 +127,12 @@ def refresh_head(ctx: StepContext, it: int) -> dict:
     g = torch.Generator(device=device).manual_seed(draw_seed(cfg.run.seed, it, REFRESH_SUB, 2))
     first, last = train_head_alone(fresh, real, fake, steps=dc.refresh_steps, batch=dc.refresh_batch,
                                    lr=dc.refresh_lr, generator=g, p_mean=cfg.loss.p_mean, p_std=cfg.loss.p_std)
+    world = dist.get_world_size() if dist.is_initialized() else 1
     with torch.no_grad():
         for p, q in zip(head.parameters(), fresh.parameters()):
             p.copy_(q)
+            if world > 1:
+                dist.broadcast(p, 0)
     state = ctx.fake.optimizer.state
     for p in head.parameters():
         state.pop(p, None)  # Adam starts the head's moments and step count afresh

@@ -318,7 +318,7 @@ def _refresh(ctx: StepContext, it: int, images: int, rank: int) -> None:
     from .refresh import refresh_head
 
     r = refresh_head(ctx, it)
-    ctx.stats.add("n_disc_refresh", torch.ones((), device=ctx.device))  # log.csv: the window that holds a refresh
+    ctx.stats.add("disc_refresh", torch.ones((), device=ctx.device))  # log.csv: 1 in a window that holds a refresh
     if r["loss_last"] == r["loss_last"]:  # not NaN (refresh_steps > 0)
         ctx.stats.add("refresh_loss_disc", torch.tensor(r["loss_last"], device=ctx.device))
     if rank == 0:
