@@ -28,8 +28,8 @@ PY=${PYTHON:-.venv/bin/python}
 ROOT=${CPU_LONG_ROOT:-runs/cpu_long}
 RUN=$ROOT/$NAME
 # the deadline, in seconds since the epoch (MINUTES may be fractional); the shards below count against it
-END=$(awk -v m="$MINUTES" -v now="$(date +%s)" 'BEGIN { if (m !~ /^[0-9]*\.?[0-9]+$/) exit 1; printf "%d", now + m * 60 }') \
-  || { echo "cpu_long: MINUTES must be a number, got $MINUTES" >&2; exit 2; }
+END=$(awk -v m="$MINUTES" -v now="$(date +%s)" \
+  'BEGIN { if (m !~ /^[0-9]*\.?[0-9]+$/) exit 1; printf "%d", now + m * 60 }') || { echo "cpu_long: MINUTES must be a number, got $MINUTES" >&2; exit 2; }
 DATA=${DATA:-runs/demo/shards}
 if [ ! -f "$DATA/manifest.json" ]; then
   DATA=$ROOT/shards

@@ -36,8 +36,9 @@ COMMON=(--config $CFG --minutes "$MINUTES" --skip-fid --no-progress --snapshot-e
 # An iteration costs ~0.35 s almost whatever the batch, so the next variants raise the batch (lr x2 with batch x4-8),
 # and one tries torch.compile (fewer, fused kernels; its compile time counts against the minutes). Session 5: the
 # default conv head (depth 2, 7x7-pixel patches) tells the b128g3e50 generator's samples from real images 60-66% of
-# the time at sigma < 0.3 after 3000 Adam steps, a depth-4 head 72-75% (bench.disc_probe, bench/results/longer_config.md,
-# "On the CPU"); on the CPU depth 4 was ~1 FID point better at 16k-62k images: gpud4 tries the deeper head.
+# the time at sigma < 0.3 after 3000 Adam steps, a depth-4 head 72-75% (bench.disc_probe,
+# bench/results/longer_config.md, "On the CPU"); on the CPU depth 4 was ~1 FID point better at 16k-62k images: gpud4
+# tries the deeper head.
 # Session 9 ran batch 512/1024 (lr x2; GAN weight 10; depth-4 head), four at once with two loader workers each (one
 # process holds ~30 MB per image of a micro-batch, so at most ~4 x 512 fit in an H100's 78 GiB): the GPU was 100%
 # busy, ~490 images/s per process, and at ~236k images they scored 78.8 / 84.9 (b1024) / 75.4 (GAN 10) / 72.1

@@ -24,8 +24,8 @@
 # Usage: bash bench/gpu_long.sh OUTDIR [MINUTES1] [MINUTES2]
 #   Without MINUTES1/2 the stages share what is left of BUDGET_S (default 560 s, for a 600-second call) after the
 #   set-up, 58:42, less 150 s for the stage start-ups, sampling and the tars.
-#   SMOKE=1: tiny batch, fp32, a few seconds per stage, refresh every iteration (8 images), no compile unless SMOKE_COMPILE=1
-#   (checks the chain on a CPU, where compiling this network takes minutes)
+#   SMOKE=1: tiny batch, fp32, a few seconds per stage, a refresh every iteration (8 images), no compile unless
+#   SMOKE_COMPILE=1 (checks the chain on a CPU, where compiling this network takes minutes)
 # Carry .whl/ (webdataset, braceexpand) and .carry/fmnist as for bench/gpu_distill.sh (its header says how).
 # Then, where the Inception file is:  python -m bench.trajectory fid runs/gpu_long/<name>/samples.npz
 set -u
