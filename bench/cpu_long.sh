@@ -51,6 +51,7 @@ p = find_latest(Path(sys.argv[1]))
 print(json.loads((p / "meta.json").read_text())["images"] if p else 0)
 PYEOF
 }
+STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5)
 while :; do
   DONE=$(done_images) || exit 96
   LEFT_S=$((END - $(date +%s)))
@@ -59,7 +60,6 @@ while :; do
           --run.name="$NAME" --discriminator.depth=4 --engine.autocast_bf16="$BF16" --run.progress=false
           --run.log_every=10 --run.snapshot_every_images=$SNAP --run.ckpt_every_images=$CKPT --run.keep_last=2
           --run.grid_every_images=0 --run.max_minutes="$LEFT" "${BATCH[@]}")
-  STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5)
   if [ "$DONE" -lt $B1 ]; then
     STAGE=1 EXTRA=(--run.duration_images=$B1)
   elif [ "$DONE" -lt $B2 ]; then

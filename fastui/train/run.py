@@ -7,6 +7,7 @@ collective (every rank calls it). The iteration itself is :func:`fastui.train.st
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from .ema import Ema
 from .engines import build_engines, init_distributed
 from .logging import RunLogger
 from .models import build_network, build_networks, data_shape, save_network, teacher_is_analytic
+from .refresh import refresh_head
 from .schedule import ema_beta, phase
 from .step import Draws, Stats, StepContext, train_iteration
 
@@ -315,11 +317,9 @@ def refresh_due(cfg: Config, images_after: int, images_per_iteration: int) -> bo
 
 
 def _refresh(ctx: StepContext, it: int, images: int, rank: int) -> None:
-    from .refresh import refresh_head
-
     r = refresh_head(ctx, it)
     ctx.stats.add("disc_refresh", torch.ones((), device=ctx.device))  # log.csv: 1 in a window that holds a refresh
-    if r["loss_last"] == r["loss_last"]:  # not NaN (refresh_steps > 0)
+    if not math.isnan(r["loss_last"]):  # refresh_steps > 0
         ctx.stats.add("refresh_loss_disc", torch.tensor(r["loss_last"], device=ctx.device))
     if rank == 0:
         d = ctx.cfg.discriminator
