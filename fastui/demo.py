@@ -127,7 +127,7 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
     Returns:
         ``{"generator_dir", "iterations", "images", "wall_s", "cpu_s", "last": {logged statistics}}``.
     """
-    from .train.run import crossed_every, export_ema, run_dir_of, setup
+    from .train.run import crossed_every, decay_lr, export_ema, run_dir_of, setup
     from .train.schedule import ema_beta, phase
     from .train.step import train_iteration
 
@@ -155,6 +155,8 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
                 break
             images = it * every
             ph = phase(images, cfg.schedule.warmup_images, cfg.schedule.ratio_start_images)
+            # the learning-rate decay follows the demo's own budget: the furthest of wall time, CPU time, iterations
+            decay_lr(cfg, (s.gen, s.fake), max(wall / wall_budget, cpu / cpu_budget, it / max_it))
             train_iteration(s.ctx, it, ph)
             if ph.generator_step:
                 s.ema.update(ema_beta(images + every, every, cfg.ema.halflife_images, cfg.ema.rampup))
@@ -165,6 +167,7 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
                     norm = eng.grad_norm()
                     if norm is not None:
                         last[f"grad_norm_{name}"] = round(float(norm), 4)
+                    last[f"lr_{name}"] = eng.lr
                 row = {"iteration": it, "images": it * every, "wall_s": round(time.perf_counter() - t0, 2),
                        "cpu_s": round(time.process_time() - c0, 2), **last}
                 if writer is None:

@@ -110,6 +110,10 @@ class OptimConfig:
     fake_grad_clip: float = 1.0  # value clip of fake-score gradients when the GAN is on (0 = none)
     fused: bool = True  # torch's fused Adam where supported (CUDA, CPU)
     impl: str = "torch"  # Adam implementation: torch, apex (FusedAdam, CUDA), deepspeed (FusedAdam / DeepSpeedCPUAdam)
+    # cosine decay of every learning rate (G, fake score, head) over the run's budget: from this fraction of it
+    # (images of run.duration_images or minutes of run.max_minutes, whichever is further) to the end (1 = none)
+    lr_decay_start: float = 1.0
+    lr_decay_final: float = 1.0  # the rates' multiplier at the end of the budget (1 = no decay)
 
 
 @dataclass
@@ -356,6 +360,11 @@ def validate(cfg: Config) -> None:
     for key in ("lr_g", "lr_fake"):
         if getattr(cfg.optim, key) <= 0:
             raise ConfigError(f"optim.{key} must be > 0")
+    if not 0.0 <= cfg.optim.lr_decay_start <= 1.0:
+        raise ConfigError(f"optim.lr_decay_start must be in [0, 1] (a fraction of the budget), got "
+                          f"{cfg.optim.lr_decay_start}")
+    if not 0.0 < cfg.optim.lr_decay_final <= 1.0:
+        raise ConfigError(f"optim.lr_decay_final must be in (0, 1], got {cfg.optim.lr_decay_final}")
     if not (0.0 <= cfg.optim.beta1 < 1.0 and 0.0 <= cfg.optim.beta2 < 1.0):
         raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
     if not 0 < cfg.loss.sigma_min < cfg.loss.sigma_max:

@@ -256,6 +256,11 @@ class Engine:
             return self.engine.get_global_grad_norm()
         return self._grad_norm
 
+    def scale_lr(self, scale: float) -> None:
+        """Set every parameter group's rate to its configured rate times ``scale`` (``optim.lr_decay_*``)."""
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = (self.group_lrs[i] if i < len(self.group_lrs) else self.hyper["lr"]) * scale
+
     @property
     def lr(self) -> float:
         """Current learning rate of the first parameter group (host value)."""

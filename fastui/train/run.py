@@ -26,7 +26,7 @@ from .engines import build_engines, init_distributed
 from .logging import RunLogger
 from .models import build_network, build_networks, data_shape, save_network, teacher_is_analytic
 from .refresh import refresh_head
-from .schedule import ema_beta, phase
+from .schedule import ema_beta, lr_scale, phase
 from .step import Draws, Stats, StepContext, train_iteration
 
 __all__ = ["Setup", "refresh_due", "run_dir_of", "select_device", "setup", "train"]
@@ -268,6 +268,7 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     for it in range(start_it, total_it):
         images = it * res.global_size
         ph = phase(images, warmup, ratio_start)
+        decay_lr(cfg, (gen, fake_eng), images / max(cfg.run.duration_images, 1))
         train_iteration(ctx, it, ph)
         if memory is None:  # after the first step, when the optimizers' state exists
             memory = _memory_report(gen, fake_eng, run_dir, rank, world)
@@ -301,6 +302,15 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     if run_dir is not None:
         export_ema(run_dir, ema, gen.module, rank)
     return {**last, "run_dir": str(run_dir) if run_dir else None, "memory": memory}
+
+
+def decay_lr(cfg: Config, engines, progress: float) -> None:
+    """``optim.lr_decay_start`` / ``lr_decay_final``: scale every engine's rates for ``progress`` (fraction of the
+    budget done; the engine's is images / ``run.duration_images``, so a resumed run continues the same curve)."""
+    if cfg.optim.lr_decay_final < 1.0:
+        scale = lr_scale(progress, cfg.optim.lr_decay_start, cfg.optim.lr_decay_final)
+        for eng in engines:
+            eng.scale_lr(scale)
 
 
 def crossed_every(step_images: int, images_after: int, images_per_iteration: int) -> bool:

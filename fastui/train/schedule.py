@@ -6,9 +6,11 @@ invariant draws with ``batch.noise = "global"``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["Phase", "draw_seed", "ema_beta", "karras_sigma", "phase", "sample_sigma"]
+__all__ = ["Phase", "draw_seed", "ema_beta", "karras_sigma", "lr_scale", "phase", "sample_sigma"]
 
 
 def karras_sigma(u: torch.Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
@@ -53,6 +55,15 @@ def ema_beta(images_done: int, batch_images: int, halflife_images: float, rampup
     if rampup > 0:
         halflife = min(halflife, images_done * rampup)
     return 0.5 ** (batch_images / max(halflife, 1e-8))
+
+
+def lr_scale(progress: float, start: float, final: float) -> float:
+    """Learning-rate multiplier at ``progress`` (fraction of the run's budget done): 1 until ``start``, then a
+    half cosine down to ``final`` at 1 (and ``final`` after it)."""
+    if final >= 1.0 or progress <= start:
+        return 1.0
+    t = min(1.0, (progress - start) / max(1.0 - start, 1e-12))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class Phase:
