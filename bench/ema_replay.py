@@ -7,8 +7,9 @@ EMA updates (one per generator step; ~7 MB each for the demo teacher).
 ``python -m bench.ema_replay export RAW_DIR --like GEN_DIR --out OUT HALFLIFE:RAMPUP [...]`` replays the EMA of
 ``fastui.train.schedule.ema_beta`` (``ema.halflife_images``, ``ema.rampup``) over the recorded parameters for each
 setting and writes ``OUT/ema_hl<HALFLIFE>_ru<RAMPUP>/`` as a generator checkpoint directory shaped like ``GEN_DIR``
-(the run's ``generator_ema``; ``--batch``: the run's images per generator step, default 32), to be scored with ``fastui demo --fid-of``. The run's own setting replays its
-exported generator exactly (printed: the largest difference).
+(the run's ``generator_ema``; ``--batch``: the run's images per generator step, default 32), to be scored
+with ``fastui demo --fid-of``. The run's own setting replays its exported generator exactly (printed: the largest
+difference).
 
 Seed-to-seed spread of the demo's FID (84-101 over four seeds) hides differences of a few points between settings
 tried on separate runs; EMA settings replayed on one trajectory are compared on the same training noise.
@@ -17,7 +18,6 @@ tried on separate runs; EMA settings replayed on one trajectory are compared on 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

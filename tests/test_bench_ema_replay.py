@@ -7,6 +7,8 @@ generator, and the replay follows ``ema = beta ema + (1 - beta) param`` step by 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -38,7 +40,7 @@ def test_the_recording_holds_the_start_and_every_update(recorded):
     teacher = [p.float() for p in load_checkpoint(recorded / "teacher").parameters()]
     assert all(torch.equal(a, b) for a, b in zip(torch.load(files[0]), teacher, strict=True))
     # the generator trains: each update's parameters differ from the previous ones
-    for a, b in zip(files, files[1:]):
+    for a, b in itertools.pairwise(files):
         assert not all(torch.equal(x, y) for x, y in zip(torch.load(a), torch.load(b)))
 
 

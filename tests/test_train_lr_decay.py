@@ -9,6 +9,7 @@ bit for bit; bad values are configuration errors that write nothing. The demo fo
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import signal
@@ -87,11 +88,11 @@ def runs(tmp_path_factory):
 def test_the_curve():
     from fastui.train.schedule import lr_scale
 
-    grid = [i / 200 for i in range(0, 241)]
+    grid = [i / 200 for i in range(241)]
     for start, final in ((0.5, 0.1), (0.0, 0.3), (0.9, 0.01), (0.25, 1.0)):
         values = [lr_scale(p, start, final) for p in grid]
         assert values == pytest.approx([_cosine(p, start, final) for p in grid], abs=1e-12)
-        assert all(a >= b for a, b in zip(values, values[1:]))
+        assert all(a >= b for a, b in itertools.pairwise(values))
         assert lr_scale(start, start, final) == 1.0 and lr_scale(1.0, start, final) == pytest.approx(final)
         assert lr_scale(1.7, start, final) == pytest.approx(final)
     assert lr_scale(0.0, 1.0, 0.1) == 1.0 and lr_scale(1.0, 1.0, 0.1) == 1.0  # start 1: never decays

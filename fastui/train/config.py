@@ -110,9 +110,7 @@ class OptimConfig:
     fake_grad_clip: float = 1.0  # value clip of fake-score gradients when the GAN is on (0 = none)
     fused: bool = True  # torch's fused Adam where supported (CUDA, CPU)
     impl: str = "torch"  # Adam implementation: torch, apex (FusedAdam, CUDA), deepspeed (FusedAdam / DeepSpeedCPUAdam)
-    # cosine decay of every learning rate (G, fake score, head) over the run's budget: from this fraction of it
-    # (images of run.duration_images or minutes of run.max_minutes, whichever is further) to the end (1 = none)
-    lr_decay_start: float = 1.0
+    lr_decay_start: float = 1.0  # half-cosine decay of every rate from this fraction of run.duration_images (1 = none)
     lr_decay_final: float = 1.0  # the rates' multiplier at the end of the budget (1 = no decay)
 
 
