@@ -11,6 +11,9 @@ setting and writes ``OUT/ema_hl<HALFLIFE>_ru<RAMPUP>/`` as a generator checkpoin
 with ``fastui demo --fid-of``. The run's own setting replays its exported generator exactly (printed: the largest
 difference).
 
+The replay counts one generator step per iteration from the first (``schedule.warmup_images = 0``, as in the demo's
+configs); for another schedule its ramp-up would differ from the run's (the printed difference shows it).
+
 Seed-to-seed spread of the demo's FID (84-101 over four seeds) hides differences of a few points between settings
 tried on separate runs; EMA settings replayed on one trajectory are compared on the same training noise.
 """

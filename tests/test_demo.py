@@ -122,3 +122,24 @@ def test_demo_fid_of_a_missing_generator_exits_2_before_loading_anything(tmp_pat
     rc = demo.main(["--fid-of", "teacher", str(tmp_path / "nope"), "--no-progress"])
     assert rc == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_the_rate_decay_follows_the_demos_own_budget(tiny_teacher, tmp_path):
+    """``optim.lr_decay_*`` in the demo: the fraction of its budget done (here the iteration cap; the clock's share of
+    1,000 minutes is negligible), not ``run.duration_images``."""
+    out = tmp_path / "demo"
+    args = _smoke_args(tiny_teacher, out, "--skip-fid", "--minutes", "1000", "--set", "run.log_every=1",
+                       "--set", "optim.lr_decay_start=0.25", "--set", "optim.lr_decay_final=0.2")
+    args[args.index("--iterations") + 1] = "4"
+    assert demo.main(args) == 0
+    with open(out / "distill" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    lr_g, lr_fake = 1e-4, 3e-4  # configs/demo_fmnist.toml
+    for r in rows:
+        p = (int(r["iteration"]) - 1) / 4  # the iteration ran at the progress before it
+        t = max(0.0, (p - 0.25) / 0.75)
+        scale = 0.2 + 0.8 * (1 + np.cos(np.pi * t)) / 2
+        assert float(r["lr_g"]) == pytest.approx(lr_g * scale, rel=1e-6)
+        assert float(r["lr_fake"]) == pytest.approx(lr_fake * scale, rel=1e-6)
+    assert float(rows[-1]["lr_g"]) < 0.5 * lr_g

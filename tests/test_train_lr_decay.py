@@ -3,7 +3,8 @@
 The curve itself, then end to end on the 2-D toy (torch backend, CPU): the rates logged per iteration follow the
 curve of images / ``run.duration_images`` for the generator, the fake score and the conv head's own group; a run
 killed in the middle of the decay resumes bit-identical to an uninterrupted one; without the keys nothing changes,
-bit for bit; bad values are configuration errors that write nothing. The demo follows its own budget.
+bit for bit (also through the decay's code path before its start); a resume does not report the decayed rates as
+changed ones; bad values are configuration errors that write nothing. The demo follows its own budget.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("lr_decay")
     results = {}
     for name, extra, fault in (("decay", DECAY, None), ("plain", (), None),
-                               ("final1", ("--optim.lr_decay_start=0.25", "--optim.lr_decay_final=1"), None),
+                               # the decay's code path at a multiplier of 1 throughout
+                               ("start1", ("--optim.lr_decay_start=1", "--optim.lr_decay_final=0.1"), None),
                                ("cut", DECAY, {"FASTUI_FAULT_KILL_AT_ITERATION": "4"})):
         r = _run(out, name, *extra, fault=fault)
         expected = -signal.SIGKILL if fault else 0
@@ -82,6 +84,7 @@ def runs(tmp_path_factory):
         results[name] = out / name
     r = _run(out, "cut", *DECAY, "--resume", "auto")
     assert r.returncode == 0 and "ckpt-000000003" in r.stdout, r.stderr[-3000:]
+    results["resume_err"] = r.stderr
     return results
 
 
@@ -110,11 +113,11 @@ def test_every_group_follows_the_curve_of_images_over_the_budget(runs):
     assert float(rows[-1]["lr_g"]) < 0.25 * LR_G  # the decay did happen (5/6 of the way: 0.205)
 
 
-def test_without_a_decay_nothing_changes(runs):
-    for r in _log(runs["plain"]) + _log(runs["final1"]):
+def test_before_the_decay_starts_nothing_changes(runs):
+    for r in _log(runs["plain"]) + _log(runs["start1"]):
         assert (float(r["lr_g"]), float(r["lr_fake"]), float(r["lr_disc"])) == (LR_G, LR_FAKE, LR_HEAD)
     for it in (1, ITERATIONS):
-        for a, b in zip(_states(runs["plain"], it), _states(runs["final1"], it)):
+        for a, b in zip(_states(runs["plain"], it), _states(runs["start1"], it)):
             assert _equal_states(a, b)
     # the decayed run parts from the plain one once its rates drop (iteration 3 runs at progress 1/3 > 0.25)
     assert all(_equal_states(a, b) for a, b in zip(_states(runs["plain"], 2), _states(runs["decay"], 2)))
@@ -126,6 +129,8 @@ def test_a_run_killed_in_the_decay_resumes_bit_identical(runs):
         for a, b in zip(_states(runs["decay"], it), _states(runs["cut"], it)):
             assert _equal_states(a, b), f"iteration {it}"
     assert [r["lr_g"] for r in _log(runs["cut"])] == [r["lr_g"] for r in _log(runs["decay"])]
+    # the checkpoint's decayed rates are not reported as a change of the configured ones
+    assert "optimizer lr" not in runs["resume_err"], runs["resume_err"]
 
 
 @pytest.mark.parametrize("args,msg", [

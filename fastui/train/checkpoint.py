@@ -109,14 +109,16 @@ def save(ckpt_dir: Path, iteration: int, meta: dict, engines: dict, per_rank: di
     return final
 
 
-def load(path: Path, engines: dict) -> tuple[dict, dict]:
-    """Restore engines from a checkpoint; returns ``(meta, this rank's per-rank dict)`` (RNG states already set)."""
+def load(path: Path, engines: dict, lr_scale_of=None) -> tuple[dict, dict]:
+    """Restore engines from a checkpoint; returns ``(meta, this rank's per-rank dict)`` (RNG states already set).
+    ``lr_scale_of(meta)``: the learning-rate decay's multiplier at the checkpoint's last iteration (default 1)."""
     meta = json.loads((path / "meta.json").read_text())
+    scale = lr_scale_of(meta) if lr_scale_of is not None else 1.0
     world = dist.get_world_size() if dist.is_initialized() else 1
     if meta.get("world") != world:
         raise RuntimeError(f"checkpoint {path} was written by {meta.get('world')} ranks, this run has {world}")
     for name, eng in engines.items():
-        for key, (saved, now) in eng.load(path / name).items():
+        for key, (saved, now) in eng.load(path / name, scale).items():
             if _rank() == 0:
                 print(f"fastui train: {name} optimizer {key} {saved} -> {now} (this run's config)", file=sys.stderr)
     per_rank = torch.load(path / f"rank{_rank():05d}.pt", map_location="cpu", weights_only=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -295,12 +296,13 @@ class Engine:
             torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                         "micro_steps": self.micro_steps}, directory / f"{self.name}.pt")
 
-    def load(self, directory: Path) -> dict[str, tuple]:
+    def load(self, directory: Path, lr_scale: float = 1.0) -> dict[str, tuple]:
         """Restore parameters and optimizer state written by :meth:`save`.
 
         The Adam moments come from the checkpoint; the hyperparameters (lr, betas, eps) from this run's config, so a
         resumed run may change them (an optimizer's saved state would otherwise bring back the old values).
-        Returns ``{name: (saved, now)}`` for each hyperparameter that changed.
+        ``lr_scale``: the ``optim.lr_decay_*`` multiplier the saved rates were taken at (a decayed rate is no change).
+        Returns ``{name: (saved, now)}`` for each hyperparameter that changed (``now`` at ``lr_scale``).
         """
         if self.kind == "deepspeed":
             path, _ = self.engine.load_checkpoint(str(directory), tag=self.name, load_optimizer_states=True,
@@ -317,7 +319,9 @@ class Engine:
             hyper = {**self.hyper, "lr": self.group_lrs[i] if i < len(self.group_lrs) else self.hyper["lr"]}
             for key, value in hyper.items():
                 saved = tuple(group[key]) if key == "betas" else group[key]
-                if saved != value:
+                if key == "lr" and not math.isclose(saved, value * lr_scale, rel_tol=1e-9):
+                    changed[key if i == 0 else f"{key}[group {i}]"] = (saved, value * lr_scale)
+                elif key != "lr" and saved != value:
                     changed[key if i == 0 else f"{key}[group {i}]"] = (saved, value)
                 group[key] = value
         return changed

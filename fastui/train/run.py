@@ -244,7 +244,9 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     if resume and not dry_run:
         path = ckpt.find_latest(ckpt_dir) if resume == "auto" else Path(resume)
         if path is not None:
-            meta, per_rank = ckpt.load(path, {"generator": gen, "fake": fake_eng})
+            meta, per_rank = ckpt.load(path, {"generator": gen, "fake": fake_eng}, lr_scale_of=lambda m: lr_scale(
+                (int(m["iteration"]) - 1) * res.global_size / max(cfg.run.duration_images, 1),
+                cfg.optim.lr_decay_start, cfg.optim.lr_decay_final))
             ema.load_state_dict(per_rank["ema"])
             if loader is not None and per_rank.get("data") is not None:
                 loader.load_state_dict(per_rank["data"])
