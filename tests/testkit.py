@@ -1,0 +1,37 @@
+"""Pieces several test files share: a short engine run on the 2-D toy, the tiny demo-shaped teacher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "configs" / "toy_ring8.toml"
+
+# a 32x32 one-channel class-conditional SongUNet: the demo teacher's layout at 8 channels
+TINY_SONGUNET = {"model": "SongUNet", "img_resolution": 32, "img_channels": 1, "label_dim": 10, "sigma_data": 0.5,
+                 "precond": "edm", "kwargs": {"model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1,
+                                              "attn_resolutions": [], "dropout": 0.0,
+                                              "embedding_type": "positional", "channel_mult_noise": 1,
+                                              "encoder_type": "standard", "decoder_type": "standard",
+                                              "resample_filter": [1, 1]}}
+
+
+def run_toy(out: Path, name: str, *extra: str, batch: int, iterations: int,
+            fault: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m fastui.train`` on the toy (torch backend, one process, one thread, a small MLP): ``iterations``
+    of ``batch``, a checkpoint and a log row after each (10 kept), ``extra`` overrides last; ``fault``: extra
+    environment (the engine's ``FASTUI_FAULT_*`` hooks)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    env.update(fault or {})
+    args = [sys.executable, "-m", "fastui.train", "--config", str(TOY), f"--run.out_dir={out}", f"--run.name={name}",
+            f"--run.duration_images={iterations * batch}", f"--run.ckpt_every_images={batch}",
+            "--run.grid_every_images=0", "--run.log_every=1", "--run.tensorboard=false", "--run.progress=false",
+            "--run.keep_last=10", f"--batch.global_size={batch}", f"--batch.micro={batch}",
+            "--engine.backend=torch", "--model.pretrain_steps=50",
+            '--model.arch={model = "MLP", dim = 2, hidden = 32, layers = 2}', *extra]
+    return subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
