@@ -257,10 +257,13 @@ class Engine:
             return self.engine.get_global_grad_norm()
         return self._grad_norm
 
+    def _configured_lr(self, group: int) -> float:
+        return self.group_lrs[group] if group < len(self.group_lrs) else self.hyper["lr"]
+
     def scale_lr(self, scale: float) -> None:
         """Set every parameter group's rate to its configured rate times ``scale`` (``optim.lr_decay_*``)."""
         for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = (self.group_lrs[i] if i < len(self.group_lrs) else self.hyper["lr"]) * scale
+            group["lr"] = self._configured_lr(i) * scale
 
     @property
     def lr(self) -> float:
@@ -316,7 +319,7 @@ class Engine:
             self.micro_steps = int(state["micro_steps"])
         changed = {}
         for i, group in enumerate(self.optimizer.param_groups):
-            hyper = {**self.hyper, "lr": self.group_lrs[i] if i < len(self.group_lrs) else self.hyper["lr"]}
+            hyper = {**self.hyper, "lr": self._configured_lr(i)}
             for key, value in hyper.items():
                 saved = tuple(group[key]) if key == "betas" else group[key]
                 if key == "lr" and not math.isclose(saved, value * lr_scale, rel_tol=1e-9):

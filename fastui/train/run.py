@@ -244,9 +244,10 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     if resume and not dry_run:
         path = ckpt.find_latest(ckpt_dir) if resume == "auto" else Path(resume)
         if path is not None:
+            # the saved rates are those of the checkpoint's last iteration
             meta, per_rank = ckpt.load(path, {"generator": gen, "fake": fake_eng}, lr_scale_of=lambda m: lr_scale(
-                (int(m["iteration"]) - 1) * res.global_size / max(cfg.run.duration_images, 1),
-                cfg.optim.lr_decay_start, cfg.optim.lr_decay_final))
+                train_progress(cfg, (int(m["iteration"]) - 1) * res.global_size), cfg.optim.lr_decay_start,
+                cfg.optim.lr_decay_final))
             ema.load_state_dict(per_rank["ema"])
             if loader is not None and per_rank.get("data") is not None:
                 loader.load_state_dict(per_rank["data"])
@@ -270,7 +271,7 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     for it in range(start_it, total_it):
         images = it * res.global_size
         ph = phase(images, warmup, ratio_start)
-        decay_lr(cfg, (gen, fake_eng), images / max(cfg.run.duration_images, 1))
+        decay_lr(cfg, (gen, fake_eng), train_progress(cfg, images))
         train_iteration(ctx, it, ph)
         if memory is None:  # after the first step, when the optimizers' state exists
             memory = _memory_report(gen, fake_eng, run_dir, rank, world)
@@ -304,6 +305,11 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
     if run_dir is not None:
         export_ema(run_dir, ema, gen.module, rank)
     return {**last, "run_dir": str(run_dir) if run_dir else None, "memory": memory}
+
+
+def train_progress(cfg: Config, images: int) -> float:
+    """The fraction of a ``fastui train`` run's budget done after ``images`` (``run.duration_images``)."""
+    return images / max(cfg.run.duration_images, 1)
 
 
 def decay_lr(cfg: Config, engines, progress: float) -> None:
