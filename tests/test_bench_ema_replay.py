@@ -8,20 +8,16 @@ generator, and the replay follows ``ema = beta ema + (1 - beta) param`` step by 
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from testkit import TINY_SONGUNET
+from testkit import ROOT, TINY_SONGUNET, clean_env
 
 from bench import ema_replay
 from fastui import networks
 from fastui.teachers import load_checkpoint, save_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +30,8 @@ def recorded(tmp_path_factory):
             "synthetic", "--grid-n", "10", "--batch", "10", "--threads", "1", "--no-progress", "--skip-fid",
             "--set", "ema.halflife_images=40", "--set", "ema.rampup=0.5"]
     # a subprocess: the demo initialises a process group and RANK/WORLD_SIZE, which would leak into later tests
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                          "MASTER_PORT")}
     r = subprocess.run([sys.executable, "-m", "bench.ema_replay", "record", str(root / "raw"), *args], cwd=ROOT,
-                       env=dict(env, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)), capture_output=True, text=True,
-                       timeout=600, check=False)
+                       env=clean_env(), capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     return root
 

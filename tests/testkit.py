@@ -19,15 +19,19 @@ TINY_SONGUNET = {"model": "SongUNet", "img_resolution": 32, "img_channels": 1, "
                                               "resample_filter": [1, 1]}}
 
 
+def clean_env(**extra: str) -> dict:
+    """This process's environment without a launcher's rank variables, one thread, the repository importable."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return env | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | extra
+
+
 def run_toy(out: Path, name: str, *extra: str, batch: int, iterations: int,
             fault: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m fastui.train`` on the toy (torch backend, one process, one thread, a small MLP): ``iterations``
     of ``batch``, a checkpoint and a log row after each (10 kept), ``extra`` overrides last; ``fault``: extra
     environment (the engine's ``FASTUI_FAULT_*`` hooks)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(fault or {})
+    env = clean_env(**(fault or {}))
     args = [sys.executable, "-m", "fastui.train", "--config", str(TOY), f"--run.out_dir={out}", f"--run.name={name}",
             f"--run.duration_images={iterations * batch}", f"--run.ckpt_every_images={batch}",
             "--run.grid_every_images=0", "--run.log_every=1", "--run.tensorboard=false", "--run.progress=false",
