@@ -36,7 +36,8 @@ if [ ! -f "$DATA/manifest.json" ]; then
   [ -f "$DATA/manifest.json" ] || [ "${DRY:-0}" = 1 ] || "$PY" -m fastui.data.cli fashion-mnist \
     --root /usr/share/datasets/fashion-mnist --out "$DATA" --pad-to 32 --workers 2 || exit 97
 fi
-BF16=$("$PY" -c "from fastui.cpu import native_bf16; print(str(native_bf16()).lower())") || exit 98
+# BF16=true|false overrides (a lent GPU: bench/gpu_continue.sh)
+BF16=${BF16:-$("$PY" -c "from fastui.cpu import native_bf16; print(str(native_bf16()).lower())")} || exit 98
 B1=175000 B2=256000 B3=1000000 EVERY=32000 SNAP=16000 CKPT=8000 BATCH=()
 if [ "${SMOKE:-0}" = 1 ]; then  # the stage logic on tiny numbers: batch 8, stages end at 16 / 32 / 48 images
   B1=16 B2=32 B3=48 EVERY=8 SNAP=8 CKPT=8 BATCH=(--batch.global_size=8 --batch.micro=8
@@ -49,6 +50,19 @@ from pathlib import Path
 from fastui.train.checkpoint import find_latest
 p = find_latest(Path(sys.argv[1]))
 print(json.loads((p / "meta.json").read_text())["images"] if p else 0)
+PYEOF
+}
+moved_data() {  # "true" when the newest checkpoint's data position is on other shards than $DATA (then restart it)
+  "$PY" - "$RUN/checkpoints" "$DATA/manifest.json" <<'PYEOF'
+import json, sys
+from pathlib import Path
+import torch
+from fastui.train.checkpoint import find_latest
+p = find_latest(Path(sys.argv[1]))
+saved = torch.load(p / "rank00000.pt", map_location="cpu", weights_only=False).get("data") if p else None
+m = Path(sys.argv[2])
+now = json.loads(m.read_text())["num_shards"] if m.is_file() else None
+print(str(saved is not None and now is not None and saved["num_shards"] != now).lower())
 PYEOF
 }
 STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5)
@@ -70,8 +84,10 @@ while :; do
   else
     echo "cpu_long: $RUN is done ($DONE images)"; exit 0
   fi
+  MOVED=$(moved_data) || exit 96
+  [ "$MOVED" = true ] && EXTRA+=(--data.resume_position=false)
   echo "cpu_long: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) $RUN at $DONE images: stage" \
-    "$STAGE for up to $LEFT minutes (bf16 $BF16)"
+    "$STAGE for up to $LEFT minutes (bf16 $BF16$([ "$MOVED" = true ] && echo ", other shards: data stream restarted"))"
   if [ "${DRY:-0}" = 1 ]; then echo "$PY" -m fastui.train "${COMMON[@]}" "${EXTRA[@]}"; exit 0; fi
   [ $LEFT_S -ge 30 ] || { echo "cpu_long: less than 30 s left"; exit 0; }
   mkdir -p $ROOT

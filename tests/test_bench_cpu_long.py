@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _script(tmp_path: Path, *, dry: bool = False) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SMOKE="1", CPU_LONG_ROOT=str(tmp_path / "runs"), DATA=str(tmp_path / "shards"),
+def _script(tmp_path: Path, *, dry: bool = False, data: str = "shards") -> subprocess.CompletedProcess:
+    env = dict(os.environ, SMOKE="1", CPU_LONG_ROOT=str(tmp_path / "runs"), DATA=str(tmp_path / data),
                PYTHON=sys.executable, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DRY="1" if dry else "0")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -46,3 +47,15 @@ def test_the_stages_follow_the_image_count_and_a_finished_run_stops(tmp_path):
 
     again = _script(tmp_path)
     assert again.returncode == 0 and "is done (48 images)" in again.stdout and ": stage" not in again.stdout
+    assert "data stream restarted" not in r.stdout + again.stdout
+
+    # moved to other shards (as bench/gpu_continue.sh does with a subset): the data position restarts, once
+    subprocess.run([sys.executable, "-m", "fastui.data.cli", "fashion-mnist", "--root", str(FMNIST), "--out",
+                    str(tmp_path / "other"), "--pad-to", "32", "--limit", "64", "--shard-size", "32"], check=True,
+                   capture_output=True, cwd=ROOT)
+    shutil.rmtree(tmp_path / "runs" / "t" / "checkpoints" / "ckpt-000000006")  # back to 40 images
+    moved = _script(tmp_path, data="other")
+    assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]
+    assert re.findall(r"at (\d+) images: stage (\d)", moved.stdout) == [("40", "3")], moved.stdout
+    assert "other shards: data stream restarted" in moved.stdout and "the data stream starts over" in moved.stdout
+    assert "is done (48 images)" in moved.stdout

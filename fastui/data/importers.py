@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import lzma
 import os
 import struct
 import zipfile
@@ -54,23 +55,23 @@ def _require_path(path: str | os.PathLike, what: str) -> Path:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (the MNIST container format), gzip-compressed or not.
+    """Read one IDX file (the MNIST container format), gzip- or xz-compressed or not.
 
     The header is two zero bytes, a dtype code (0x08 = uint8) and the number of dimensions, then one big-endian
     uint32 per dimension, then the raw data.
 
     Args:
-        path: ``*-idx3-ubyte(.gz)`` (images) or ``*-idx1-ubyte(.gz)`` (labels).
+        path: ``*-idx3-ubyte(.gz|.xz)`` (images) or ``*-idx1-ubyte(.gz|.xz)`` (labels).
 
     Returns:
         uint8 ndarray with the stored shape, e.g. [N, 28, 28] or [N].
     """
     path = _require_path(path, "IDX file")
-    opener = gzip.open if path.suffix == ".gz" else open
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, lzma.LZMAError) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not a uint8 IDX file")
@@ -87,7 +88,7 @@ def fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -
 
     Args:
         root: folder holding ``train-images-idx3-ubyte.gz`` etc.; default ``/usr/share/datasets/fashion-mnist``
-            (Debian package ``dataset-fashion-mnist``). Uncompressed files are accepted too.
+            (Debian package ``dataset-fashion-mnist``). Uncompressed and ``.xz`` files are accepted too.
         split: ``"train"`` (60000 images) or ``"test"`` (10000, the ``t10k-*`` files).
 
     Shapes:
@@ -102,7 +103,7 @@ def fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -
     prefix = "train" if split == "train" else "t10k"
 
     def find(stem: str) -> Path:
-        for name in (f"{prefix}-{stem}.gz", f"{prefix}-{stem}"):
+        for name in (f"{prefix}-{stem}.gz", f"{prefix}-{stem}.xz", f"{prefix}-{stem}"):
             if (root / name).exists():
                 return root / name
         raise DataError(f"Fashion-MNIST file {prefix}-{stem}(.gz) not found in {root}")

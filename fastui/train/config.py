@@ -134,6 +134,7 @@ class DataConfig:
     source: str = ""  # shard directory / manifest; "synthetic"; "" = teacher samples (analytic) or none
     shuffle_buffer: int = 1000  # ShardLoader shuffle buffer
     num_workers: int = 0  # ShardLoader workers
+    resume_position: bool = True  # on resume, continue the checkpoint's data position (false: the stream starts over)
 
 
 @dataclass

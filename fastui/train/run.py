@@ -215,6 +215,21 @@ def setup(cfg: Config, res: Resolved, *, dry_run: bool = False) -> Setup:
                  ctx=ctx, loader=loader, shape=shape, label_dim=label_dim)
 
 
+def _restore_data_position(cfg: Config, loader, state: dict, rank: int) -> None:
+    """Continue the checkpoint's data-loader position, or start the stream over (``data.resume_position = false``:
+    a run moved to other shards of the same images, say a subset on another machine)."""
+    if not cfg.data.resume_position:
+        if rank == 0:
+            print("fastui train: data.resume_position = false: the data stream starts over (the checkpoint's "
+                  "position is not restored)", flush=True)
+        return
+    try:
+        loader.load_state_dict(state)
+    except ValueError as e:
+        raise ConfigError(f"{e} (data.source or the loader settings differ from the checkpoint's; "
+                          "--data.resume_position=false starts the data stream over instead)") from None
+
+
 def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume: str = "", dry_run: bool = False,
           dry_run_iterations: int = 2) -> dict:
     """Train (collective). Returns the last logged statistics (and ``run_dir``).
@@ -250,7 +265,7 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
                 cfg.optim.lr_decay_final))
             ema.load_state_dict(per_rank["ema"])
             if loader is not None and per_rank.get("data") is not None:
-                loader.load_state_dict(per_rank["data"])
+                _restore_data_position(cfg, loader, per_rank["data"], rank)
             start_it = int(meta["iteration"])
             if rank == 0:
                 print(f"fastui train: resumed from {path} (iteration {start_it})", flush=True)

@@ -1,0 +1,210 @@
+"""Move a resumable run's newest checkpoint, and some real images, between this machine and a lent GPU machine.
+
+Why: issue 7's longer configuration needs one long trajectory, and the CPU sessions that continue it
+(``bench/cpu_long.sh``) make ~10 images/s where a lent H100 makes ~650. So a GPU session should continue the CPU's
+trajectory, not start another, and hand the result back. The device tool limits what travels: 64 MiB of working tree
+out (the tracked files take ~26 MB of it), files back of at most 16 MiB each. A checkpoint of
+``configs/demo_fmnist_gpu.toml`` is 48 MB (parameters, Adam moments, EMA) and the Fashion-MNIST training images 26 MB,
+so ``pack`` writes
+
+- the newest complete checkpoint as one xz stream split into parts of at most ``--part-mib`` MiB: parameters, EMA,
+  RNG states and the data position exact; the Adam second moments in bf16 (relative rounding <= 2^-9, a small
+  perturbation of the step sizes; ``--exact-moments`` keeps fp32); the first moments dropped where the group's
+  ``beta1`` is 0 (Adam then overwrites them with the gradient before using them, so zeros resume bit-identically) and
+  otherwise in bf16 too;
+- with ``--fmnist ROOT``, the first ``--images`` Fashion-MNIST training images and labels as ``.xz`` IDX files
+  (``fastui shards fashion-mnist --root OUT/fmnist`` reads them), since other shards than the run's need
+  ``--data.resume_position=false`` anyway (``bench/cpu_long.sh`` adds it when the shard counts differ);
+- ``manifest.json``: the checkpoint's meta, each part's size and sha256.
+
+``unpack`` checks the parts and writes the checkpoint into ``RUN_DIR/checkpoints/`` the way the engine does (a
+temporary directory, ``meta.json`` last, one rename), refusing when the run already holds a checkpoint as new or newer.
+
+Usage::
+
+    python -m bench.carry_run pack runs/cpu_long/refresh .carry/cont --fmnist /usr/share/datasets/fashion-mnist
+    python -m bench.carry_run unpack .carry/cont runs/cpu_long/refresh          # on the GPU machine, then train
+    python -m bench.carry_run pack runs/cpu_long/refresh $OUT/ckpt               # there, after training
+    python -m bench.carry_run unpack <files_at>/ckpt runs/cpu_long/refresh       # back here
+
+Only single-process checkpoints of the torch backend (``meta.json``: world 1, backend torch) are supported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import lzma
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+FORMAT, VERSION = "fastui-carry", 1
+ENGINES = ("generator", "fake")
+
+
+class CarryError(Exception):
+    """A pack or unpack that cannot go ahead (nothing written)."""
+
+
+def _pack_optimizer(state: dict, exact: bool) -> tuple[dict, int]:
+    """The optimizer state dict with its moments shrunk; returns it and the number of first moments dropped."""
+    beta1 = {i: g["betas"][0] for g in state["param_groups"] for i in g["params"]}
+    dropped, packed = 0, {}
+    for i, s in state["state"].items():
+        s = dict(s)
+        if beta1[i] == 0 and "exp_avg" in s:
+            del s["exp_avg"]
+            dropped += 1
+        if not exact:
+            s = {k: v.to(torch.bfloat16) if k.startswith("exp_avg") else v for k, v in s.items()}
+        packed[i] = s
+    return {"state": packed, "param_groups": state["param_groups"]}, dropped
+
+
+def _unpack_optimizer(state: dict) -> dict:
+    out = {}
+    for i, s in state["state"].items():
+        s = {k: v.float() if k.startswith("exp_avg") else v for k, v in s.items()}
+        if "exp_avg" not in s and "exp_avg_sq" in s:
+            s["exp_avg"] = torch.zeros_like(s["exp_avg_sq"])
+        out[i] = s
+    return {"state": out, "param_groups": state["param_groups"]}
+
+
+def _latest(run: Path) -> Path | None:
+    from fastui.train.checkpoint import find_latest
+
+    return find_latest(run / "checkpoints")
+
+
+def _write_fmnist(root: Path, images: int, out: Path) -> dict:
+    """The first ``images`` training images and labels of Fashion-MNIST at ``root`` as .xz IDX files in ``out``."""
+    from fastui.data.importers import fashion_mnist
+
+    x, y, _ = fashion_mnist(root, "train")
+    if not 0 < images <= len(x):
+        raise CarryError(f"--images must be in 1..{len(x)}, got {images}")
+    x, y = x[:images, ..., 0], y[:images].astype("uint8")
+    out.mkdir(parents=True)
+    sizes = {}
+    for name, arr in (("train-images-idx3-ubyte.xz", x), ("train-labels-idx1-ubyte.xz", y)):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (out / name).write_bytes(lzma.compress(header + arr.tobytes(), preset=9))
+        sizes[name] = (out / name).stat().st_size
+    return {"images": images, "files": sizes}
+
+
+def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None, images: int) -> int:
+    ckpt = _latest(run)
+    if ckpt is None:
+        raise CarryError(f"no complete checkpoint in {run / 'checkpoints'}")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if meta.get("world") != 1 or meta.get("backend") != "torch":
+        raise CarryError(f"{ckpt}: only single-process torch-backend checkpoints travel (world {meta.get('world')}, "
+                         f"backend {meta.get('backend')})")
+    if out.exists() and any(out.iterdir()):
+        raise CarryError(f"{out} is not empty: nothing written")
+    engines, dropped = {}, 0
+    for name in ENGINES:
+        state = torch.load(ckpt / name / f"{name}.pt", map_location="cpu", weights_only=True)
+        state["optimizer"], n = _pack_optimizer(state["optimizer"], exact)
+        engines[name], dropped = state, dropped + n
+    per_rank = torch.load(ckpt / "rank00000.pt", map_location="cpu", weights_only=False)
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, "meta": meta, "engines": engines, "per_rank": per_rank}, buf)
+    blob = lzma.compress(buf.getvalue(), preset=1)
+    part = int(part_mib * 2**20)
+    if part <= 0:
+        raise CarryError(f"--part-mib must be positive, got {part_mib}")
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    parts = []
+    for k in range(0, len(blob), part):
+        name = f"ckpt.xz.{k // part:03d}"
+        (tmp / name).write_bytes(blob[k:k + part])
+        parts.append({"name": name, "bytes": len(blob[k:k + part]),
+                      "sha256": hashlib.sha256(blob[k:k + part]).hexdigest()})
+    manifest = {"format": FORMAT, "version": VERSION, "checkpoint": ckpt.name, "source": str(run), "meta": meta,
+                "moments": "fp32" if exact else "bf16", "first_moments_dropped": dropped, "parts": parts}
+    if fmnist is not None:
+        manifest["fmnist"] = _write_fmnist(fmnist, images, tmp / "fmnist")
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    raw = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    print(f"carry_run: {ckpt} ({meta['images']} images, {raw / 1e6:.1f} MB) -> {out}: {len(parts)} part(s), "
+          f"{len(blob) / 1e6:.1f} MB (moments {manifest['moments']}, {dropped} first moments dropped at beta1 = 0)"
+          + (f"; Fashion-MNIST {images} images, {sum(manifest['fmnist']['files'].values()) / 1e6:.1f} MB"
+             if fmnist is not None else ""))
+    return 0
+
+
+def unpack(src: Path, run: Path) -> int:
+    try:
+        manifest = json.loads((src / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CarryError(f"{src / 'manifest.json'}: {e}") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise CarryError(f"{src}: not a {FORMAT} v{VERSION} pack")
+    blob = b""
+    for p in manifest["parts"]:
+        data = (src / p["name"]).read_bytes() if (src / p["name"]).is_file() else b""
+        if len(data) != p["bytes"] or hashlib.sha256(data).hexdigest() != p["sha256"]:
+            raise CarryError(f"{src / p['name']}: missing or corrupt (size or sha256 differs from the manifest)")
+        blob += data
+    payload = torch.load(io.BytesIO(lzma.decompress(blob)), map_location="cpu", weights_only=False)
+    meta = payload["meta"]
+    ckpt_dir = run / "checkpoints"
+    have = _latest(run)
+    if have is not None:
+        have_it = json.loads((have / "meta.json").read_text())["iteration"]
+        if have_it >= meta["iteration"]:
+            raise CarryError(f"{run} already holds {have.name} (iteration {have_it}), as new as the pack's "
+                             f"(iteration {meta['iteration']}): nothing written")
+    final = ckpt_dir / f"ckpt-{meta['iteration']:09d}"
+    tmp = ckpt_dir / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, state in payload["engines"].items():
+        (tmp / name).mkdir(parents=True)
+        state["optimizer"] = _unpack_optimizer(state["optimizer"])
+        torch.save(state, tmp / name / f"{name}.pt")
+    torch.save(payload["per_rank"], tmp / "rank00000.pt")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, final)
+    print(f"carry_run: {src} -> {final} ({meta['images']} images, moments {manifest['moments']})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.carry_run", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack", help="newest checkpoint of RUN_DIR (+ Fashion-MNIST images) -> OUT_DIR")
+    p.add_argument("run", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--part-mib", type=float, default=15.0, help="largest part (the device tool returns <= 16 MiB)")
+    p.add_argument("--exact-moments", action="store_true", help="keep the Adam moments in fp32 (larger)")
+    p.add_argument("--fmnist", type=Path, default=None, help="Fashion-MNIST folder: also pack --images of them")
+    p.add_argument("--images", type=int, default=20000, help="first N training images with --fmnist (20000)")
+    u = sub.add_parser("unpack", help="a pack -> a complete checkpoint of RUN_DIR")
+    u.add_argument("src", type=Path)
+    u.add_argument("run", type=Path)
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "pack":
+            return pack(a.run, a.out, a.part_mib, a.exact_moments, a.fmnist, a.images)
+        return unpack(a.src, a.run)
+    except CarryError as e:
+        print(f"carry_run: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``bench/carry_run.py``: a run's checkpoint packed small enough to travel to a lent GPU and back.
+
+On the 2-D toy (torch backend, CPU): a pack with fp32 moments, unpacked into another run directory, resumes
+bit-identically to the original checkpoint, both when Adam's first moments are dropped (beta1 = 0) and when they travel
+(beta1 = 0.9); with bf16 moments only the moments differ, by bf16 rounding. Errors write nothing; the Fashion-MNIST
+subset reads back through the importer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from testkit import run_toy
+
+from bench.carry_run import main
+
+BATCH = 256
+
+
+def _run(out: Path, name: str, iterations: int, *extra: str):
+    r = run_toy(out, name, *extra, batch=BATCH, iterations=iterations)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _state(run: Path, iteration: int, name: str) -> dict:
+    return torch.load(run / "checkpoints" / f"ckpt-{iteration:09d}" / name / f"{name}.pt", map_location="cpu",
+                      weights_only=True)
+
+
+def _moved(tmp: Path, name: str, *pack_args: str) -> Path:
+    """A fresh run directory holding only the packed-and-unpacked newest checkpoint of ``tmp/name``."""
+    src, pack, dst = tmp / name, tmp / f"{name}.pack", tmp / f"{name}-moved"
+    assert main(["pack", str(src), str(pack), "--part-mib", "0.01", *pack_args]) == 0
+    assert len(json.loads((pack / "manifest.json").read_text())["parts"]) > 1  # the parts join up again
+    assert main(["unpack", str(pack), str(dst)]) == 0
+    return dst
+
+
+@pytest.mark.parametrize("beta1", ["0", "0.9"])
+def test_a_pack_with_exact_moments_resumes_bit_identically(tmp_path, beta1):
+    opt = f"--optim.beta1={beta1}"
+    _run(tmp_path, "a", 3, opt)
+    moved = _moved(tmp_path, "a", "--exact-moments")
+    for run in (tmp_path / "a", moved):
+        shutil.rmtree(run / "checkpoints" / "ckpt-000000001", ignore_errors=True)
+        shutil.rmtree(run / "checkpoints" / "ckpt-000000002", ignore_errors=True)
+        _run(run.parent, run.name, 5, opt, "--resume", "auto")
+    for name in ("generator", "fake"):
+        a, b = _state(tmp_path / "a", 5, name), _state(moved, 5, name)
+        for k in a["module"]:
+            assert torch.equal(a["module"][k], b["module"][k]), (name, k)
+        for i, s in a["optimizer"]["state"].items():
+            for k, v in s.items():
+                assert torch.equal(v, b["optimizer"]["state"][i][k]), (name, i, k)
+    manifest = json.loads((tmp_path / "a.pack" / "manifest.json").read_text())
+    assert (manifest["first_moments_dropped"] > 0) == (beta1 == "0")
+
+
+def test_a_pack_with_bf16_moments_changes_only_the_moments(tmp_path):
+    _run(tmp_path, "b", 2)
+    moved = _moved(tmp_path, "b")
+    for name in ("generator", "fake"):
+        a, b = _state(tmp_path / "b", 2, name), _state(moved, 2, name)
+        assert all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
+        for i, s in a["optimizer"]["state"].items():
+            t = b["optimizer"]["state"][i]
+            assert torch.equal(s["step"], t["step"]) and t["exp_avg_sq"].dtype == torch.float32
+            assert torch.equal(t["exp_avg"], torch.zeros_like(s["exp_avg"]))  # beta1 = 0: overwritten before use
+            assert torch.allclose(t["exp_avg_sq"], s["exp_avg_sq"], rtol=2**-8, atol=0)
+            assert not torch.equal(t["exp_avg_sq"], s["exp_avg_sq"])
+    ra = torch.load(tmp_path / "b" / "checkpoints" / "ckpt-000000002" / "rank00000.pt", weights_only=False)
+    rb = torch.load(moved / "checkpoints" / "ckpt-000000002" / "rank00000.pt", weights_only=False)
+    assert ra["data"] == rb["data"] and torch.equal(ra["rng"]["torch"], rb["rng"]["torch"])
+    assert all(torch.equal(u, v) for u, v in zip(ra["ema"]["shadow"], rb["ema"]["shadow"], strict=True))
+    _run(moved.parent, moved.name, 3, "--resume", "auto")  # and it trains on
+
+
+def test_errors_write_nothing(tmp_path, capsys):
+    assert main(["pack", str(tmp_path / "none"), str(tmp_path / "p")]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    _run(tmp_path, "c", 2)
+    pack = tmp_path / "c.pack"
+    assert main(["pack", str(tmp_path / "c"), str(pack), "--part-mib", "0.01"]) == 0
+    assert main(["pack", str(tmp_path / "c"), str(pack)]) == 2  # not empty
+    # the run itself already holds this iteration
+    assert main(["unpack", str(pack), str(tmp_path / "c")]) == 2
+    assert "as new as the pack's" in capsys.readouterr().err
+    part = pack / "ckpt.xz.001"
+    part.write_bytes(part.read_bytes()[:-1] + b"x")
+    assert main(["unpack", str(pack), str(tmp_path / "d")]) == 2
+    assert "corrupt" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_the_fashion_mnist_subset_reads_back(tmp_path):
+    from fastui.data.importers import fashion_mnist
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50).astype(np.uint8)
+    root = tmp_path / "fm"
+    root.mkdir()
+    for name, arr in (("train-images-idx3-ubyte.gz", x), ("train-labels-idx1-ubyte.gz", y)):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (root / name).write_bytes(gzip.compress(header + arr.tobytes()))
+    _run(tmp_path, "e", 1)
+    pack = tmp_path / "e.pack"
+    assert main(["pack", str(tmp_path / "e"), str(pack), "--fmnist", str(root), "--images", "20"]) == 0
+    images, labels, _ = fashion_mnist(pack / "fmnist", "train")
+    assert np.array_equal(images[..., 0], x[:20]) and np.array_equal(labels, y[:20].astype(np.int64))
+    assert main(["pack", str(tmp_path / "e"), str(tmp_path / "e2"), "--fmnist", str(root), "--images", "51"]) == 2
+    assert not (tmp_path / "e2").exists()
