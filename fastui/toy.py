@@ -433,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pretrain-steps", type=int, default=ToyConfig.pretrain_steps,
                     help="DSM steps fitting the initial network to the teacher")
-    ap.add_argument("--out", default=None, help="PNG path (default runs/toy/<method>_<divergence>.png)")
+    ap.add_argument("--out", default=None,
+                    help="PNG path (default runs/toy/<method>_<divergence>.png; <method>_none.png where it has none)")
     ap.add_argument("--table", action="store_true",
                     help="run the comparison (uni with rkl, fkl, jeffreys, js; sid; dmd) and print a markdown table; "
                          "PNGs go to runs/toy/")
@@ -447,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(err))
     cfg = ToyConfig(method=args.method, divergence=args.divergence, steps=args.steps, seed=args.seed,
                     pretrain_steps=args.pretrain_steps)
-    out = args.out or os.path.join("runs", "toy", f"{args.method}_{args.divergence.replace(':', '')}.png")
+    uses_div = _div.get_preset(args.method).divergence is not None  # sid, dmd, ... ignore --divergence
+    tag = args.divergence.replace(":", "") if uses_div else "none"
+    out = args.out or os.path.join("runs", "toy", f"{args.method}_{tag}.png")
     result = train(cfg, log=print)
     save_plot(result, out)
     fr = " ".join(f"{f:.2f}" for f in result.mode_fractions)

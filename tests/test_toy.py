@@ -73,4 +73,6 @@ def test_default_output_path_is_under_runs_toy(tmp_path, monkeypatch):
     from fastui.toy import main
 
     assert main(["--method", "sid", "--steps", "1", "--pretrain-steps", "1"]) == 0
-    assert os.path.exists(tmp_path / "runs" / "toy" / "sid_fkl.png")
+    assert os.path.exists(tmp_path / "runs" / "toy" / "sid_none.png")  # sid has no divergence (as in --table)
+    assert main(["--method", "uni", "--divergence", "alpha:0.5", "--steps", "1", "--pretrain-steps", "1"]) == 0
+    assert os.path.exists(tmp_path / "runs" / "toy" / "uni_alpha0.5.png")

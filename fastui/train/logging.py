@@ -7,6 +7,7 @@ The trainer calls :meth:`RunLogger.log` every ``log_every`` iterations with host
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class RunLogger:
                 self.tb = SummaryWriter(str(run_dir / "tb"))
             except ImportError:  # TensorBoard is optional
                 self.tb = None
+                print("fastui train: run.tensorboard = true, but the tensorboard package is not installed: no tb/ "
+                      "(pip install tensorboard, or --run.tensorboard=false)", file=sys.stderr, flush=True)
         if active and progress:
             from tqdm import tqdm
 
