@@ -20,8 +20,9 @@
 # `bash bench/cpu_long.sh` on it with bf16 autocast (the same stages as on the CPU, picked by image count; other shards
 # than the checkpoint's, so its data stream restarts once), samples the demo's 300 evaluation draws through every EMA
 # snapshot it made, and packs the newest checkpoint into OUTDIR/ckpt (parts of at most 15 MiB: the tool returns at
-# most 16 MiB a file) and the logs and samples into OUTDIR/cont.tar. If the continuation fails with more than 200 s of
-# the budget left, bench/gpu_long.sh runs from scratch in what is left (its own tars, also in OUTDIR).
+# most 16 MiB a file) and the logs and samples into OUTDIR/cont.tar. If the continuation fails before its first
+# checkpoint with more than 200 s of the budget left, bench/gpu_long.sh runs from scratch in what is left (its own
+# tars, also in OUTDIR); one that fails later returns what it made.
 # Without MINUTES the training gets what is left of BUDGET_S (default 560 s, for a 600-second call) after the set-up,
 # less 100 s for the sampling and the packing. SMOKE=1 (passed on to cpu_long.sh: batch 8, tiny stages) checks the
 # chain on a CPU with a tiny pack (tests/test_bench_gpu_continue.py).
@@ -44,6 +45,7 @@ echo "gpu_continue: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/n
 . bench/gpu_env.sh && gpu_env_setup "$ROOT/shards" "$CARRY/fmnist"
 rm -rf "${RUN:?}" "$ROOT/samples.npz"  # a warm machine keeps runs/: only the pack may be resumed
 "$PY" -m bench.carry_run unpack "$CARRY" "$RUN" || exit 94
+START=$(ls "$RUN/checkpoints")
 BF16=${BF16:-$("$PY" -c "import torch; print(str(torch.cuda.is_available()).lower())")}
 if [ -z "$MINUTES" ]; then
   MINUTES=$(awk -v left=$((BUDGET_S - SECONDS - 100)) 'BEGIN { printf "%.2f", (left > 30 ? left : 30) / 60 }')
@@ -62,8 +64,11 @@ files=(gpu_continue.log refresh/log.csv refresh/config.json)
 [ -f "$ROOT/samples.npz" ] && files+=(samples.npz)
 [ -f "$ROOT/nvidia_smi.log" ] && files+=(nvidia_smi.log)
 tar -cf "$OUTDIR/cont.tar" -C "$ROOT" "${files[@]}"
-if [ $rc -ne 0 ] && [ $((BUDGET_S - SECONDS)) -gt 200 ] && [ "${SMOKE:-0}" != 1 ]; then
-  echo "gpu_continue: the continuation failed; bench/gpu_long.sh from scratch in the $((BUDGET_S - SECONDS)) s left"
+# a continuation that failed before its first checkpoint leaves the GPU's minutes to a trajectory from scratch
+if [ $rc -ne 0 ] && [ "$(ls "$RUN/checkpoints")" = "$START" ] && [ $((BUDGET_S - SECONDS)) -gt 200 ] \
+    && [ "${SMOKE:-0}" != 1 ]; then
+  echo "gpu_continue: the continuation failed at its start; bench/gpu_long.sh from scratch in the" \
+    "$((BUDGET_S - SECONDS)) s left"
   BUDGET_S=$((BUDGET_S - SECONDS)) bash bench/gpu_long.sh "$OUTDIR"
 fi
 ls -la "$OUTDIR" "$OUTDIR/ckpt"
