@@ -64,10 +64,12 @@ def test_a_resume_on_other_shards_names_the_setting_that_starts_the_stream_over(
     assert first.returncode == 0, first.stderr[-3000:]
     assert _position(tmp_path, 2)["num_shards"] == 3
     other = _shards(tmp_path / "b", 16, n=80)  # 5 shards of 16
+    config = (tmp_path / "runs" / "data" / "config.json").read_text()
     refused = _train(tmp_path, other, "--resume", "auto", images=32)
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "num_shards was 3, now 5" in refused.stderr and "--data.resume_position=false" in refused.stderr
     assert not (tmp_path / "runs" / "data" / "checkpoints" / "ckpt-000000003").exists()  # nothing trained
+    assert (tmp_path / "runs" / "data" / "config.json").read_text() == config  # nor the run's settings rewritten
     moved = _train(tmp_path, other, "--resume", "auto", "--data.resume_position=false", "--run.ckpt_every_images=8",
                    images=32)
     assert moved.returncode == 0, moved.stderr[-3000:]

@@ -106,7 +106,7 @@ def fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -
         for name in (f"{prefix}-{stem}.gz", f"{prefix}-{stem}.xz", f"{prefix}-{stem}"):
             if (root / name).exists():
                 return root / name
-        raise DataError(f"Fashion-MNIST file {prefix}-{stem}(.gz) not found in {root}")
+        raise DataError(f"Fashion-MNIST file {prefix}-{stem}(.gz|.xz) not found in {root}")
 
     images = read_idx(find("images-idx3-ubyte"))
     labels = read_idx(find("labels-idx1-ubyte")).astype(np.int64)

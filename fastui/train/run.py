@@ -245,11 +245,6 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
         s.loader
     shape, label_dim, stats = s.shape, s.label_dim, s.ctx.stats
     run_dir = None if dry_run else run_dir_of(cfg, config_path)
-    if run_dir is not None and rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {k: v for k, v in asdict(res).items() if k != "preset"} | {"preset": res.preset.name}
-        (run_dir / "config.json").write_text(json.dumps({"config": to_dict(cfg), "resolved": resolved,
-                                                         "world": world}, indent=1, default=str))
     memory = None
 
     total_it = dry_run_iterations if dry_run else -(-cfg.run.duration_images // res.global_size)
@@ -273,6 +268,11 @@ def train(cfg: Config, res: Resolved, *, config_path: str | None = None, resume:
             print(f"fastui train: no complete checkpoint in {ckpt_dir}; starting from scratch", flush=True)
 
     if rank == 0 and run_dir is not None and not dry_run:
+        # written once the resume has gone through: a refused one leaves the run's config.json as it was
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {k: v for k, v in asdict(res).items() if k != "preset"} | {"preset": res.preset.name}
+        (run_dir / "config.json").write_text(json.dumps({"config": to_dict(cfg), "resolved": resolved,
+                                                         "world": world}, indent=1, default=str))
         _drop_outputs_after(run_dir, start_it * res.global_size)
     logger = RunLogger(run_dir, total_it, start_it, res.global_size, active=rank == 0,
                        tensorboard=cfg.run.tensorboard, progress=cfg.run.progress and not dry_run)
