@@ -8,10 +8,10 @@ out (the tracked files take ~26 MB of it), files back of at most 16 MiB each. A 
 so ``pack`` writes
 
 - the newest complete checkpoint as one xz stream split into parts of at most ``--part-mib`` MiB: parameters, EMA,
-  RNG states and the data position exact; the Adam second moments in bf16 (relative rounding <= 2^-9, a small
-  perturbation of the step sizes; ``--exact-moments`` keeps fp32); the first moments dropped where the group's
-  ``beta1`` is 0 (Adam then overwrites them with the gradient before using them, so zeros resume bit-identically) and
-  otherwise in bf16 too;
+  RNG states and the data position exact; the Adam second moments in bf16 (relative rounding <= 2^-8, so <= 2^-9 in
+  the step sizes after the square root; ``--exact-moments`` keeps fp32); the first moments dropped where the group's
+  ``beta1`` is 0 (Adam then overwrites them with the gradient before using them, so zeros resume bit-identically, as
+  long as the resumed run also has ``beta1 = 0``) and otherwise in bf16 too;
 - with ``--fmnist ROOT``, the first ``--images`` Fashion-MNIST training images and labels as ``.xz`` IDX files
   (``fastui shards fashion-mnist --root OUT/fmnist`` reads them), since other shards than the run's need
   ``--data.resume_position=false`` anyway (``bench/cpu_long.sh`` adds it when the shard counts differ);
@@ -19,6 +19,10 @@ so ``pack`` writes
 
 ``unpack`` checks the parts and writes the checkpoint into ``RUN_DIR/checkpoints/`` the way the engine does (a
 temporary directory, ``meta.json`` last, one rename), refusing when the run already holds a checkpoint as new or newer.
+A run made by ``unpack`` remembers the checkpoint it started from (``carried_from.json``), a pack of it carries that
+name back, and the return ``unpack`` refuses (unless ``--force``) when the destination's newest checkpoint is not that
+one: the CPU run went on meanwhile, and taking the pack would fork its trajectory. So stop ``bench/cpu_long.sh`` before
+packing, and do not start it again until the GPU's pack is back. Errors write nothing (exit 2).
 
 Usage::
 
@@ -45,6 +49,7 @@ from pathlib import Path
 import torch
 
 FORMAT, VERSION = "fastui-carry", 1
+ORIGIN = "carried_from.json"  # in a run unpacked from a pack: the checkpoint it started from
 ENGINES = ("generator", "fake")
 
 
@@ -83,24 +88,34 @@ def _latest(run: Path) -> Path | None:
     return find_latest(run / "checkpoints")
 
 
-def _write_fmnist(root: Path, images: int, out: Path) -> dict:
-    """The first ``images`` training images and labels of Fashion-MNIST at ``root`` as .xz IDX files in ``out``."""
-    from fastui.data.importers import fashion_mnist
+def _read_fmnist(root: Path, images: int):
+    """The first ``images`` training images ([N, 28, 28] uint8) and labels of Fashion-MNIST at ``root``."""
+    from fastui.data.importers import DataError, fashion_mnist
 
-    x, y, _ = fashion_mnist(root, "train")
+    try:
+        x, y, _ = fashion_mnist(root, "train")
+    except DataError as e:
+        raise CarryError(str(e)) from None
     if not 0 < images <= len(x):
         raise CarryError(f"--images must be in 1..{len(x)}, got {images}")
-    x, y = x[:images, ..., 0], y[:images].astype("uint8")
+    return x[:images, ..., 0], y[:images].astype("uint8")
+
+
+def _write_fmnist(x, y, out: Path) -> dict:
+    """``x``, ``y`` as .xz IDX files in ``out`` (what ``fastui shards fashion-mnist --root OUT`` reads)."""
     out.mkdir(parents=True)
     sizes = {}
     for name, arr in (("train-images-idx3-ubyte.xz", x), ("train-labels-idx1-ubyte.xz", y)):
         header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
         (out / name).write_bytes(lzma.compress(header + arr.tobytes(), preset=9))
         sizes[name] = (out / name).stat().st_size
-    return {"images": images, "files": sizes}
+    return {"images": len(x), "files": sizes}
 
 
 def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None, images: int) -> int:
+    if not 0 < part_mib <= 16:
+        raise CarryError(f"--part-mib must be in (0, 16] (the device tool returns files of at most 16 MiB), got "
+                         f"{part_mib}")
     ckpt = _latest(run)
     if ckpt is None:
         raise CarryError(f"no complete checkpoint in {run / 'checkpoints'}")
@@ -110,6 +125,7 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
                          f"backend {meta.get('backend')})")
     if out.exists() and any(out.iterdir()):
         raise CarryError(f"{out} is not empty: nothing written")
+    subset = _read_fmnist(fmnist, images) if fmnist is not None else None  # bad input fails before any writing
     engines, dropped = {}, 0
     for name in ENGINES:
         state = torch.load(ckpt / name / f"{name}.pt", map_location="cpu", weights_only=True)
@@ -120,40 +136,54 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
     torch.save({"format": FORMAT, "version": VERSION, "meta": meta, "engines": engines, "per_rank": per_rank}, buf)
     blob = lzma.compress(buf.getvalue(), preset=1)
     part = int(part_mib * 2**20)
-    if part <= 0:
-        raise CarryError(f"--part-mib must be positive, got {part_mib}")
+    manifest = {"format": FORMAT, "version": VERSION, "checkpoint": ckpt.name, "source": str(run), "meta": meta,
+                "moments": "fp32" if exact else "bf16", "first_moments_dropped": dropped, "parts": []}
+    origin = run / ORIGIN
+    if origin.is_file():  # this run was unpacked from a pack: the checkpoint it continued travels back with it
+        manifest["continues"] = json.loads(origin.read_text())
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    parts = []
-    for k in range(0, len(blob), part):
-        name = f"ckpt.xz.{k // part:03d}"
-        (tmp / name).write_bytes(blob[k:k + part])
-        parts.append({"name": name, "bytes": len(blob[k:k + part]),
-                      "sha256": hashlib.sha256(blob[k:k + part]).hexdigest()})
-    manifest = {"format": FORMAT, "version": VERSION, "checkpoint": ckpt.name, "source": str(run), "meta": meta,
-                "moments": "fp32" if exact else "bf16", "first_moments_dropped": dropped, "parts": parts}
-    if fmnist is not None:
-        manifest["fmnist"] = _write_fmnist(fmnist, images, tmp / "fmnist")
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    try:
+        tmp.mkdir(parents=True)
+        for k in range(0, len(blob), part):
+            name = f"ckpt.xz.{k // part:03d}"
+            (tmp / name).write_bytes(blob[k:k + part])
+            manifest["parts"].append({"name": name, "bytes": len(blob[k:k + part]),
+                                      "sha256": hashlib.sha256(blob[k:k + part]).hexdigest()})
+        if subset is not None:
+            manifest["fmnist"] = _write_fmnist(*subset, tmp / "fmnist")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     raw = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
-    print(f"carry_run: {ckpt} ({meta['images']} images, {raw / 1e6:.1f} MB) -> {out}: {len(parts)} part(s), "
-          f"{len(blob) / 1e6:.1f} MB (moments {manifest['moments']}, {dropped} first moments dropped at beta1 = 0)"
-          + (f"; Fashion-MNIST {images} images, {sum(manifest['fmnist']['files'].values()) / 1e6:.1f} MB"
-             if fmnist is not None else ""))
+    print(f"carry_run: {ckpt} ({meta['images']} images, {raw / 1e6:.1f} MB) -> {out}: {len(manifest['parts'])} "
+          f"part(s), {len(blob) / 1e6:.1f} MB (moments {manifest['moments']}, {dropped} first moments dropped at "
+          f"beta1 = 0)" + (f"; Fashion-MNIST {images} images, {sum(manifest['fmnist']['files'].values()) / 1e6:.1f} "
+                           f"MB" if subset is not None else ""))
     return 0
 
 
-def unpack(src: Path, run: Path) -> int:
+def unpack(src: Path, run: Path, force: bool = False) -> int:
     try:
         manifest = json.loads((src / "manifest.json").read_text())
     except (OSError, ValueError) as e:
         raise CarryError(f"{src / 'manifest.json'}: {e}") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise CarryError(f"{src}: not a {FORMAT} v{VERSION} pack")
+    meta = manifest["meta"]
+    have = _latest(run)
+    have_meta = json.loads((have / "meta.json").read_text()) if have is not None else None
+    if have_meta is not None and have_meta["iteration"] >= meta["iteration"]:
+        raise CarryError(f"{run} already holds {have.name} (iteration {have_meta['iteration']}), as new as the pack's "
+                         f"(iteration {meta['iteration']}): nothing written")
+    base = manifest.get("continues")
+    if base is not None and not force and (have is None or have.name != base["checkpoint"]):
+        raise CarryError(f"the pack continues {base['checkpoint']} of {base['source']}, but the newest checkpoint of "
+                         f"{run} is {have.name if have else 'none'}: the run went on meanwhile (or is another one), "
+                         "and unpacking would fork its trajectory. Nothing written; --force takes the pack anyway")
     blob = b""
     for p in manifest["parts"]:
         data = (src / p["name"]).read_bytes() if (src / p["name"]).is_file() else b""
@@ -161,25 +191,29 @@ def unpack(src: Path, run: Path) -> int:
             raise CarryError(f"{src / p['name']}: missing or corrupt (size or sha256 differs from the manifest)")
         blob += data
     payload = torch.load(io.BytesIO(lzma.decompress(blob)), map_location="cpu", weights_only=False)
-    meta = payload["meta"]
     ckpt_dir = run / "checkpoints"
-    have = _latest(run)
-    if have is not None:
-        have_it = json.loads((have / "meta.json").read_text())["iteration"]
-        if have_it >= meta["iteration"]:
-            raise CarryError(f"{run} already holds {have.name} (iteration {have_it}), as new as the pack's "
-                             f"(iteration {meta['iteration']}): nothing written")
     final = ckpt_dir / f"ckpt-{meta['iteration']:09d}"
     tmp = ckpt_dir / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for name, state in payload["engines"].items():
-        (tmp / name).mkdir(parents=True)
-        state["optimizer"] = _unpack_optimizer(state["optimizer"])
-        torch.save(state, tmp / name / f"{name}.pt")
-    torch.save(payload["per_rank"], tmp / "rank00000.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, final)
-    print(f"carry_run: {src} -> {final} ({meta['images']} images, moments {manifest['moments']})")
+    try:
+        for name, state in payload["engines"].items():
+            (tmp / name).mkdir(parents=True)
+            state["optimizer"] = _unpack_optimizer(state["optimizer"])
+            torch.save(state, tmp / name / f"{name}.pt")
+        torch.save(payload["per_rank"], tmp / "rank00000.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete one (no meta.json), which resume ignores anyway
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if base is None:  # a first move: what a pack of this run's later checkpoints continues
+        (run / ORIGIN).write_text(json.dumps({"checkpoint": final.name, "iteration": meta["iteration"],
+                                              "source": manifest["source"]}, indent=1))
+    else:
+        (run / ORIGIN).unlink(missing_ok=True)
+    note = f", {manifest['first_moments_dropped']} first moments zero (exact for beta1 = 0)" \
+        if manifest["first_moments_dropped"] else ""
+    print(f"carry_run: {src} -> {final} ({meta['images']} images, moments {manifest['moments']}{note})")
     return 0
 
 
@@ -196,11 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("unpack", help="a pack -> a complete checkpoint of RUN_DIR")
     u.add_argument("src", type=Path)
     u.add_argument("run", type=Path)
+    u.add_argument("--force", action="store_true",
+                   help="unpack a returned pack although the run's newest checkpoint is not the one it continued")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "pack":
             return pack(a.run, a.out, a.part_mib, a.exact_moments, a.fmnist, a.images)
-        return unpack(a.src, a.run)
+        return unpack(a.src, a.run, a.force)
     except CarryError as e:
         print(f"carry_run: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@
 #   python -m bench.score_snapshots runs/cpu_long/refresh --csv bench/results/cpu_long.csv --variant cpu_long_refresh \
 #       --config configs/demo_fmnist_gpu.toml --overrides "see bench/cpu_long.sh"
 # Data: $DATA, else runs/demo/shards (what `make demo` writes), else written here from the Debian package.
-# CPU_LONG_ROOT: another directory for the runs (default runs/cpu_long).
+# CPU_LONG_ROOT: another directory for the runs (default runs/cpu_long). CPU_LONG_EXTRA: more fastui.train overrides
+# for every stage (bench/gpu_continue.sh: the GPU's logging, loss backend and loader workers).
 # DRY=1 prints the command of the current stage and exits; SMOKE=1 runs the stages on tiny numbers (batch 8).
 set -u
 MINUTES=${1:?usage: bash bench/cpu_long.sh MINUTES [NAME]}
@@ -74,6 +75,8 @@ while :; do
           --run.name="$NAME" --discriminator.depth=4 --engine.autocast_bf16="$BF16" --run.progress=false
           --run.log_every=10 --run.snapshot_every_images=$SNAP --run.ckpt_every_images=$CKPT --run.keep_last=2
           --run.grid_every_images=0 --run.max_minutes="$LEFT" "${BATCH[@]}")
+  read -r -a MORE <<< "${CPU_LONG_EXTRA:-}"
+  COMMON+=("${MORE[@]}")
   if [ "$DONE" -lt $B1 ]; then
     STAGE=1 EXTRA=(--run.duration_images=$B1)
   elif [ "$DONE" -lt $B2 ]; then

@@ -1,4 +1,5 @@
-# Sourced by bench/gpu_distill.sh and bench/gpu_long.sh on a lent GPU machine (with PY set, in the repository root).
+# Sourced by bench/gpu_distill.sh, bench/gpu_long.sh and bench/gpu_continue.sh on a lent GPU machine (with PY set, in
+# the repository root).
 # gpu_env_setup DATA [FMNIST]:
 #   prints the GPU, installs the carried wheels (.whl/: webdataset, braceexpand; the machine's image has torch but not
 # these) into /tmp/site, and writes the Fashion-MNIST shards to $1 unless they exist (from FMNIST, default

@@ -82,11 +82,19 @@ def test_a_pack_with_bf16_moments_changes_only_the_moments(tmp_path):
     _run(moved.parent, moved.name, 3, "--resume", "auto")  # and it trains on
 
 
+def _left(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.rglob(".tmp-*"))
+
+
 def test_errors_write_nothing(tmp_path, capsys):
     assert main(["pack", str(tmp_path / "none"), str(tmp_path / "p")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err and not (tmp_path / "p").exists()
     _run(tmp_path, "c", 2)
     pack = tmp_path / "c.pack"
+    for bad in (["--part-mib", "0"], ["--part-mib", "17"], ["--fmnist", str(tmp_path / "nowhere")]):
+        assert main(["pack", str(tmp_path / "c"), str(pack), *bad]) == 2
+        assert not pack.exists() and _left(tmp_path) == []
+    assert "not found" in capsys.readouterr().err
     assert main(["pack", str(tmp_path / "c"), str(pack), "--part-mib", "0.01"]) == 0
     assert main(["pack", str(tmp_path / "c"), str(pack)]) == 2  # not empty
     # the run itself already holds this iteration
@@ -95,7 +103,26 @@ def test_errors_write_nothing(tmp_path, capsys):
     part = pack / "ckpt.xz.001"
     part.write_bytes(part.read_bytes()[:-1] + b"x")
     assert main(["unpack", str(pack), str(tmp_path / "d")]) == 2
-    assert "corrupt" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert "corrupt" in capsys.readouterr().err and not (tmp_path / "d").exists() and _left(tmp_path) == []
+
+
+def test_a_returned_pack_must_continue_the_runs_newest_checkpoint(tmp_path, capsys):
+    _run(tmp_path, "home", 2)
+    shutil.copytree(tmp_path / "home", tmp_path / "fork")
+    moved = _moved(tmp_path, "home")  # "on the GPU": remembers that it started from home's ckpt 2
+    assert json.loads((moved / "carried_from.json").read_text())["checkpoint"] == "ckpt-000000002"
+    _run(moved.parent, moved.name, 5, "--resume", "auto")
+    back = tmp_path / "back.pack"
+    assert main(["pack", str(moved), str(back)]) == 0
+    assert json.loads((back / "manifest.json").read_text())["continues"]["checkpoint"] == "ckpt-000000002"
+    _run(tmp_path, "fork", 3, "--resume", "auto")  # the CPU run went on meanwhile, to ckpt 3
+    assert main(["unpack", str(back), str(tmp_path / "fork")]) == 2
+    assert "would fork its trajectory" in capsys.readouterr().err
+    assert not (tmp_path / "fork" / "checkpoints" / "ckpt-000000005").exists() and _left(tmp_path) == []
+    assert main(["unpack", str(back), str(tmp_path / "fork"), "--force"]) == 0
+    assert main(["unpack", str(back), str(tmp_path / "home")]) == 0  # home stood still: it takes the GPU's ckpt 5
+    assert (tmp_path / "home" / "checkpoints" / "ckpt-000000005" / "meta.json").is_file()
+    assert not (tmp_path / "home" / "carried_from.json").exists()
 
 
 def test_the_fashion_mnist_subset_reads_back(tmp_path):
@@ -114,4 +141,4 @@ def test_the_fashion_mnist_subset_reads_back(tmp_path):
     images, labels, _ = fashion_mnist(pack / "fmnist", "train")
     assert np.array_equal(images[..., 0], x[:20]) and np.array_equal(labels, y[:20].astype(np.int64))
     assert main(["pack", str(tmp_path / "e"), str(tmp_path / "e2"), "--fmnist", str(root), "--images", "51"]) == 2
-    assert not (tmp_path / "e2").exists()
+    assert not (tmp_path / "e2").exists() and _left(tmp_path) == []
