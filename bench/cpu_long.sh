@@ -44,39 +44,31 @@ if [ "${SMOKE:-0}" = 1 ]; then  # the stage logic on tiny numbers: batch 8, stag
   B1=16 B2=32 B3=48 EVERY=8 SNAP=8 CKPT=8 BATCH=(--batch.global_size=8 --batch.micro=8
     --discriminator.refresh_steps=5 --discriminator.refresh_pool=16 --discriminator.refresh_batch=8)
 fi
-done_images() {  # images of the newest complete checkpoint (0 when none)
-  "$PY" - "$RUN/checkpoints" <<'PYEOF'
-import json, sys
-from pathlib import Path
-from fastui.train.checkpoint import find_latest
-p = find_latest(Path(sys.argv[1]))
-print(json.loads((p / "meta.json").read_text())["images"] if p else 0)
-PYEOF
-}
-moved_data() {  # "true" when the newest checkpoint's data position is on other shards than $DATA (then restart it)
+ckpt_state() {  # "IMAGES MOVED" of the newest complete checkpoint ("0 false" when none); MOVED is true when its data
+  # position is on other shards than $DATA (a pack moved between machines: bench/gpu_continue.sh), which restarts it
   "$PY" - "$RUN/checkpoints" "$DATA/manifest.json" <<'PYEOF'
 import json, sys
 from pathlib import Path
 import torch
 from fastui.train.checkpoint import find_latest
-p = find_latest(Path(sys.argv[1]))
+p, m = find_latest(Path(sys.argv[1])), Path(sys.argv[2])
+images = json.loads((p / "meta.json").read_text())["images"] if p else 0
 saved = torch.load(p / "rank00000.pt", map_location="cpu", weights_only=False).get("data") if p else None
-m = Path(sys.argv[2])
 now = json.loads(m.read_text())["num_shards"] if m.is_file() else None
-print(str(saved is not None and now is not None and saved["num_shards"] != now).lower())
+print(images, str(saved is not None and now is not None and saved["num_shards"] != now).lower())
 PYEOF
 }
+read -r -a MORE <<< "${CPU_LONG_EXTRA:-}"
 STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5)
 while :; do
-  DONE=$(done_images) || exit 96
+  STATE=$(ckpt_state) || exit 96
+  read -r DONE MOVED <<< "$STATE"
   LEFT_S=$((END - $(date +%s)))
   LEFT=$(awk -v s=$LEFT_S 'BEGIN { printf "%.2f", s / 60 }')
   COMMON=(--config configs/demo_fmnist_gpu.toml --data.source="$DATA" --resume auto --run.out_dir=$ROOT
           --run.name="$NAME" --discriminator.depth=4 --engine.autocast_bf16="$BF16" --run.progress=false
           --run.log_every=10 --run.snapshot_every_images=$SNAP --run.ckpt_every_images=$CKPT --run.keep_last=2
-          --run.grid_every_images=0 --run.max_minutes="$LEFT" "${BATCH[@]}")
-  read -r -a MORE <<< "${CPU_LONG_EXTRA:-}"
-  COMMON+=("${MORE[@]}")
+          --run.grid_every_images=0 --run.max_minutes="$LEFT" "${BATCH[@]}" "${MORE[@]}")
   if [ "$DONE" -lt $B1 ]; then
     STAGE=1 EXTRA=(--run.duration_images=$B1)
   elif [ "$DONE" -lt $B2 ]; then
@@ -87,7 +79,6 @@ while :; do
   else
     echo "cpu_long: $RUN is done ($DONE images)"; exit 0
   fi
-  MOVED=$(moved_data) || exit 96
   [ "$MOVED" = true ] && EXTRA+=(--data.resume_position=false)
   echo "cpu_long: $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) $RUN at $DONE images: stage" \
     "$STAGE for up to $LEFT minutes (bf16 $BF16$([ "$MOVED" = true ] && echo ", other shards: data stream restarted"))"
@@ -95,5 +86,6 @@ while :; do
   [ $LEFT_S -ge 30 ] || { echo "cpu_long: less than 30 s left"; exit 0; }
   mkdir -p $ROOT
   "$PY" -m fastui.train "${COMMON[@]}" "${EXTRA[@]}" || exit $?
-  [ "$(done_images)" = "$DONE" ] && exit 0  # no progress: out of time
+  STATE=$(ckpt_state) || exit 96
+  [ "${STATE%% *}" = "$DONE" ] && exit 0  # no progress: out of time
 done

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -11,25 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
+from testkit import FMNIST, ROOT, clean_env, fmnist_shards
 
 
 def _script(tmp_path: Path, *, dry: bool = False, data: str = "shards") -> subprocess.CompletedProcess:
-    env = dict(os.environ, SMOKE="1", CPU_LONG_ROOT=str(tmp_path / "runs"), DATA=str(tmp_path / data),
-               PYTHON=sys.executable, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DRY="1" if dry else "0")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = clean_env(SMOKE="1", CPU_LONG_ROOT=str(tmp_path / "runs"), DATA=str(tmp_path / data), PYTHON=sys.executable,
+                    DRY="1" if dry else "0")
     return subprocess.run(["bash", str(ROOT / "bench" / "cpu_long.sh"), "5", "t"], env=env, capture_output=True,
                           text=True, timeout=600, check=False)
 
 
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs dataset-fashion-mnist")
 def test_the_stages_follow_the_image_count_and_a_finished_run_stops(tmp_path):
-    subprocess.run([sys.executable, "-m", "fastui.data.cli", "fashion-mnist", "--root", str(FMNIST), "--out",
-                    str(tmp_path / "shards"), "--pad-to", "32", "--limit", "64"], check=True, capture_output=True,
-                   cwd=ROOT)
+    fmnist_shards(tmp_path / "shards", 64)
     dry = _script(tmp_path, dry=True)
     assert dry.returncode == 0 and "at 0 images: stage 1" in dry.stdout, dry.stdout + dry.stderr
     assert not (tmp_path / "runs").exists()  # DRY=1 runs nothing
@@ -50,9 +43,7 @@ def test_the_stages_follow_the_image_count_and_a_finished_run_stops(tmp_path):
     assert "data stream restarted" not in r.stdout + again.stdout
 
     # moved to other shards (as bench/gpu_continue.sh does with a subset): the data position restarts, once
-    subprocess.run([sys.executable, "-m", "fastui.data.cli", "fashion-mnist", "--root", str(FMNIST), "--out",
-                    str(tmp_path / "other"), "--pad-to", "32", "--limit", "64", "--shard-size", "32"], check=True,
-                   capture_output=True, cwd=ROOT)
+    fmnist_shards(tmp_path / "other", 64, shard_size=32)
     shutil.rmtree(tmp_path / "runs" / "t" / "checkpoints" / "ckpt-000000006")  # back to 40 images
     moved = _script(tmp_path, data="other")
     assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]

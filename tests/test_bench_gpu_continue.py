@@ -10,15 +10,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-from testkit import ROOT, clean_env
+from testkit import FMNIST, ROOT, clean_env, fmnist_shards
 
 from bench.carry_run import main as carry
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -29,9 +26,7 @@ def _bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs dataset-fashion-mnist")
 def test_a_trajectory_continued_elsewhere_comes_back_and_goes_on(tmp_path):
     # the CPU trajectory: 64 images in two shards, run to its end (48 images), then back to its checkpoint at 40
-    subprocess.run([sys.executable, "-m", "fastui.data.cli", "fashion-mnist", "--root", str(FMNIST), "--out",
-                    str(tmp_path / "shards"), "--pad-to", "32", "--limit", "64", "--shard-size", "32"], check=True,
-                   capture_output=True, cwd=ROOT)
+    fmnist_shards(tmp_path / "shards", 64, shard_size=32)
     cpu = {"CPU_LONG_ROOT": str(tmp_path / "cpu"), "DATA": str(tmp_path / "shards"), "PYTHON": sys.executable}
     r = _bash("cpu_long.sh", "5", **cpu)
     assert r.returncode == 0 and "is done (48 images)" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs" / "toy_ring8.toml"
+FMNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist (make env installs it)
 
 # a 32x32 one-channel class-conditional SongUNet: the demo teacher's layout at 8 channels
 TINY_SONGUNET = {"model": "SongUNet", "img_resolution": 32, "img_channels": 1, "label_dim": 10, "sigma_data": 0.5,
@@ -39,3 +40,11 @@ def run_toy(out: Path, name: str, *extra: str, batch: int, iterations: int,
             "--engine.backend=torch", "--model.pretrain_steps=50",
             '--model.arch={model = "MLP", dim = 2, hidden = 32, layers = 2}', *extra]
     return subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def fmnist_shards(out: Path, limit: int, shard_size: int = 1000) -> Path:
+    """The first ``limit`` Fashion-MNIST training images, padded to 32x32, as shards of ``shard_size`` in ``out``."""
+    subprocess.run([sys.executable, "-m", "fastui.data.cli", "fashion-mnist", "--root", str(FMNIST), "--out",
+                    str(out), "--pad-to", "32", "--limit", str(limit), "--shard-size", str(shard_size)], check=True,
+                   capture_output=True, cwd=ROOT)
+    return out
