@@ -6,8 +6,10 @@
 #   stage 1, to 175,000 images: configs/demo_fmnist_gpu.toml (batch 128, GAN weight 3, EMA 50k) with the depth-4
 #            discriminator head (better than depth 2 on the GPU at batch 512 and on the CPU at batch 32)
 #   stage 2, to 256,000: both learning rates / 4 (the CPU trajectory's step at 175k, bench/results/cpu_long.csv)
-#   stage 3, to 1,000,000: + GAN weight 10 (its step at 256k) + a fresh, pre-trained head every 32,000 images from
+#   stage 3, to 320,000: + GAN weight 10 (its step at 256k) + a fresh, pre-trained head every 32,000 images from
 #            288,000 on (discriminator.refresh_*; by hand in session 9 it was the one change that moved the plateau)
+#   stage 4, to 1,000,000: a fresh head every 16,000 images (336k, 352k, ...): the head of 288k was blind again
+#            (L_disc back to ~1.40) and the FID flat from ~15k images after it (session 16)
 #
 # MINUTES may be fractional; the run stops at the first iteration past it, then finishes that iteration (and a refresh
 # due there: ~2 minutes in fp32 here), its checkpoint and its export, so leave a few minutes' margin.
@@ -39,9 +41,9 @@ if [ ! -f "$DATA/manifest.json" ]; then
 fi
 # BF16=true|false overrides (a lent GPU: bench/gpu_continue.sh)
 BF16=${BF16:-$("$PY" -c "from fastui.cpu import native_bf16; print(str(native_bf16()).lower())")} || exit 98
-B1=175000 B2=256000 B3=1000000 EVERY=32000 SNAP=16000 CKPT=8000 BATCH=()
-if [ "${SMOKE:-0}" = 1 ]; then  # the stage logic on tiny numbers: batch 8, stages end at 16 / 32 / 48 images
-  B1=16 B2=32 B3=48 EVERY=8 SNAP=8 CKPT=8 BATCH=(--batch.global_size=8 --batch.micro=8
+B1=175000 B2=256000 B3=320000 B4=1000000 EVERY=32000 EVERY4=16000 SNAP=16000 CKPT=8000 BATCH=()
+if [ "${SMOKE:-0}" = 1 ]; then  # the stage logic on tiny numbers: batch 8, stages end at 16 / 32 / 48 / 64 images
+  B1=16 B2=32 B3=48 B4=64 EVERY=16 EVERY4=8 SNAP=8 CKPT=8 BATCH=(--batch.global_size=8 --batch.micro=8
     --discriminator.refresh_steps=5 --discriminator.refresh_pool=16 --discriminator.refresh_batch=8)
 fi
 ckpt_state() {  # "IMAGES MOVED" of the newest complete checkpoint ("0 false" when none); MOVED is true when its data
@@ -76,6 +78,9 @@ while :; do
   elif [ "$DONE" -lt $B3 ]; then
     STAGE=3 EXTRA=("${STAGE2[@]}" --loss.gan_weight=10 --discriminator.refresh_every_images=$EVERY
                    --discriminator.refresh_start_images=$B2 --run.duration_images=$B3)
+  elif [ "$DONE" -lt $B4 ]; then
+    STAGE=4 EXTRA=("${STAGE2[@]}" --loss.gan_weight=10 --discriminator.refresh_every_images=$EVERY4
+                   --discriminator.refresh_start_images=$B2 --run.duration_images=$B4)
   else
     echo "cpu_long: $RUN is done ($DONE images)"; exit 0
   fi

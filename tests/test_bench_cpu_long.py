@@ -1,5 +1,5 @@
 """``bench/cpu_long.sh``: a trajectory that many sessions continue picks its stage from the checkpoint's image count
-(SMOKE=1: batch 8, stages ending at 16 / 32 / 48 images, on 64 real Fashion-MNIST images)."""
+(SMOKE=1: batch 8, stages ending at 16 / 32 / 48 / 64 images, on 64 real Fashion-MNIST images)."""
 
 from __future__ import annotations
 
@@ -30,23 +30,23 @@ def test_the_stages_follow_the_image_count_and_a_finished_run_stops(tmp_path):
     r = _script(tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     stages = re.findall(r"at (\d+) images: stage (\d)", r.stdout)
-    assert stages == [("0", "1"), ("16", "2"), ("32", "3")], r.stdout
+    assert stages == [("0", "1"), ("16", "2"), ("32", "3"), ("48", "4")], r.stdout
     assert "generator optimizer lr 0.0001 -> 2.5e-05" in r.stderr  # stage 2 lowers the rates
     refreshes = re.findall(r"fresh discriminator head at (\d+) images", r.stdout)
-    assert refreshes == ["40", "48"], r.stdout  # stage 3 only: past 32 images, every 8
-    assert "is done (48 images)" in r.stdout
+    assert refreshes == ["48", "56", "64"], r.stdout  # past 32 images: every 16 in stage 3, every 8 in stage 4
+    assert "is done (64 images)" in r.stdout
     snaps = sorted(p.name for p in (tmp_path / "runs" / "t" / "snapshots").iterdir())
-    assert snaps == [f"{n:09d}" for n in (8, 16, 24, 32, 40, 48)]
+    assert snaps == [f"{n:09d}" for n in (8, 16, 24, 32, 40, 48, 56, 64)]
 
     again = _script(tmp_path)
-    assert again.returncode == 0 and "is done (48 images)" in again.stdout and ": stage" not in again.stdout
+    assert again.returncode == 0 and "is done (64 images)" in again.stdout and ": stage" not in again.stdout
     assert "data stream restarted" not in r.stdout + again.stdout
 
     # moved to other shards (as bench/gpu_continue.sh does with a subset): the data position restarts, once
     fmnist_shards(tmp_path / "other", 64, shard_size=32)
-    shutil.rmtree(tmp_path / "runs" / "t" / "checkpoints" / "ckpt-000000006")  # back to 40 images
+    shutil.rmtree(tmp_path / "runs" / "t" / "checkpoints" / "ckpt-000000008")  # back to 56 images
     moved = _script(tmp_path, data="other")
     assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]
-    assert re.findall(r"at (\d+) images: stage (\d)", moved.stdout) == [("40", "3")], moved.stdout
+    assert re.findall(r"at (\d+) images: stage (\d)", moved.stdout) == [("56", "4")], moved.stdout
     assert "other shards: data stream restarted" in moved.stdout and "the data stream starts over" in moved.stdout
-    assert "is done (48 images)" in moved.stdout
+    assert "is done (64 images)" in moved.stdout
