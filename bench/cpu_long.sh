@@ -75,12 +75,10 @@ while :; do
     STAGE=1 EXTRA=(--run.duration_images=$B1)
   elif [ "$DONE" -lt $B2 ]; then
     STAGE=2 EXTRA=("${STAGE2[@]}" --run.duration_images=$B2)
-  elif [ "$DONE" -lt $B3 ]; then
-    STAGE=3 EXTRA=("${STAGE2[@]}" --loss.gan_weight=10 --discriminator.refresh_every_images=$EVERY
-                   --discriminator.refresh_start_images=$B2 --run.duration_images=$B3)
-  elif [ "$DONE" -lt $B4 ]; then
-    STAGE=4 EXTRA=("${STAGE2[@]}" --loss.gan_weight=10 --discriminator.refresh_every_images=$EVERY4
-                   --discriminator.refresh_start_images=$B2 --run.duration_images=$B4)
+  elif [ "$DONE" -lt $B4 ]; then  # stages 3 and 4 differ only in how often a fresh head comes, and where they end
+    if [ "$DONE" -lt $B3 ]; then STAGE=3 UNTIL=$B3 HEADS=$EVERY; else STAGE=4 UNTIL=$B4 HEADS=$EVERY4; fi
+    EXTRA=("${STAGE2[@]}" --loss.gan_weight=10 --discriminator.refresh_every_images=$HEADS
+           --discriminator.refresh_start_images=$B2 --run.duration_images=$UNTIL)
   else
     echo "cpu_long: $RUN is done ($DONE images)"; exit 0
   fi
