@@ -32,6 +32,15 @@
 # BUDGET_S to status's budget_left_s less the machine's start (~90 s) and 40 s: a call cut off before the pack returns
 # nothing. SMOKE=1 (passed on to cpu_long.sh: batch 8, tiny stages) checks the chain on a CPU with a tiny pack
 # (tests/test_bench_gpu_continue.py).
+# Measured (session 19, an H200): 4,224 -> 241,024 images in 482 s of training (~570-700 images/s, the GPU 22-46%
+# busy: host-bound). Device time left after the call (~350 s of 900) buys a second call while the machine is still
+# warm (it goes back after 30 s idle), continuing runs/gpu_cont/refresh there without a new pack (session 19: 241,024
+# -> 320,000 images in 182 s):
+#   R=runs/gpu_cont; export PYTHON=python3 PYTHONPATH=$PWD:/tmp/site; CPU_LONG_ROOT=$R DATA=$R/shards BF16=true \
+#     CPU_LONG_EXTRA="--loss.backend=torch --data.num_workers=2 --run.log_every=50" bash bench/cpu_long.sh 3.1 refresh
+#   python3 -m bench.carry_run pack $R/refresh $OUT/ckpt       # timeout_s 300
+# Its pack names the first pack's checkpoint as the one it continues, so back here unpack the first call's ckpt/, then
+# the second's with --force.
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_continue.sh OUTDIR [MINUTES]}
 MINUTES=${2:-}
