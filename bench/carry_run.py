@@ -22,7 +22,11 @@ temporary directory, ``meta.json`` last, one rename), refusing when the run alre
 A run made by ``unpack`` remembers the checkpoint it started from (``carried_from.json``), a pack of it carries that
 name back, and the return ``unpack`` refuses (unless ``--force``) when the destination's newest checkpoint is not that
 one: the CPU run went on meanwhile, and taking the pack would fork its trajectory. So stop ``bench/cpu_long.sh`` before
-packing, and do not start it again until the GPU's pack is back. Errors write nothing (exit 2).
+packing, and do not start it again until the GPU's pack is back. Each pack has an id (the sha256 of its stream); the
+run it came from lists the ids it has packed since its origin (in ``carried_from.json``), an unpacked checkpoint keeps
+its pack's id (``carried.json`` in the checkpoint), and a later pack of the same run is also accepted on top of an
+earlier one of its packs (the GPU trained on after a first pack, and both came back, in order). Errors write nothing
+(exit 2).
 
 Usage::
 
@@ -49,7 +53,8 @@ from pathlib import Path
 import torch
 
 FORMAT, VERSION = "fastui-carry", 1
-ORIGIN = "carried_from.json"  # in a run unpacked from a pack: the checkpoint it started from
+ORIGIN = "carried_from.json"  # in a run unpacked from a pack: the checkpoint it started from, and its packs since
+CARRIED = "carried.json"  # in a checkpoint unpacked from a pack: that pack's id
 ENGINES = ("generator", "fake")
 
 
@@ -86,6 +91,23 @@ def _latest(run: Path) -> Path | None:
     from fastui.train.checkpoint import find_latest
 
     return find_latest(run / "checkpoints")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _continues(have: Path | None, base: dict) -> bool:
+    """Whether ``have`` (a run's newest checkpoint) is where a pack with ``continues: base`` goes on from: the
+    checkpoint its run started from, or one unpacked from an earlier pack of that same run."""
+    if have is None:
+        return False
+    if have.name == base["checkpoint"]:
+        return True
+    carried = have / CARRIED
+    return carried.is_file() and json.loads(carried.read_text()).get("pack") in base.get("packs", [])
 
 
 def _read_fmnist(root: Path, images: int):
@@ -136,11 +158,13 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
     torch.save({"format": FORMAT, "version": VERSION, "meta": meta, "engines": engines, "per_rank": per_rank}, buf)
     blob = lzma.compress(buf.getvalue(), preset=1)
     part = int(part_mib * 2**20)
-    manifest = {"format": FORMAT, "version": VERSION, "checkpoint": ckpt.name, "source": str(run), "meta": meta,
-                "moments": "fp32" if exact else "bf16", "first_moments_dropped": dropped, "parts": []}
+    manifest = {"format": FORMAT, "version": VERSION, "id": hashlib.sha256(blob).hexdigest(), "checkpoint": ckpt.name,
+                "source": str(run), "meta": meta, "moments": "fp32" if exact else "bf16",
+                "first_moments_dropped": dropped, "parts": []}
     origin = run / ORIGIN
-    if origin.is_file():  # this run was unpacked from a pack: the checkpoint it continued travels back with it
-        manifest["continues"] = json.loads(origin.read_text())
+    lineage = json.loads(origin.read_text()) if origin.is_file() else None
+    if lineage is not None:  # this run was unpacked from a pack: what it continued (and packed since) travels back
+        manifest["continues"] = lineage
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -158,6 +182,9 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if lineage is not None and manifest["id"] not in lineage.setdefault("packs", []):
+        lineage["packs"].append(manifest["id"])
+        _write_json(origin, lineage)
     raw = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
     print(f"carry_run: {ckpt} ({meta['images']} images, {raw / 1e6:.1f} MB) -> {out}: {len(manifest['parts'])} "
           f"part(s), {len(blob) / 1e6:.1f} MB (moments {manifest['moments']}, {dropped} first moments dropped at "
@@ -180,10 +207,11 @@ def unpack(src: Path, run: Path, force: bool = False) -> int:
         raise CarryError(f"{run} already holds {have.name} (iteration {have_meta['iteration']}), as new as the pack's "
                          f"(iteration {meta['iteration']}): nothing written")
     base = manifest.get("continues")
-    if base is not None and not force and (have is None or have.name != base["checkpoint"]):
+    if base is not None and not force and not _continues(have, base):
         raise CarryError(f"the pack continues {base['checkpoint']} of {base['source']}, but the newest checkpoint of "
-                         f"{run} is {have.name if have else 'none'}: the run went on meanwhile (or is another one), "
-                         "and unpacking would fork its trajectory. Nothing written; --force takes the pack anyway")
+                         f"{run} is {have.name if have else 'none'}, neither that one nor one of the packs made since "
+                         "from the same run: the run went on meanwhile (or is another one), and unpacking would fork "
+                         "its trajectory. Nothing written; --force takes the pack anyway")
     blob = b""
     for p in manifest["parts"]:
         data = (src / p["name"]).read_bytes() if (src / p["name"]).is_file() else b""
@@ -201,14 +229,16 @@ def unpack(src: Path, run: Path, force: bool = False) -> int:
             state["optimizer"] = _unpack_optimizer(state["optimizer"])
             torch.save(state, tmp / name / f"{name}.pt")
         torch.save(payload["per_rank"], tmp / "rank00000.pt")
+        if "id" in manifest:
+            (tmp / CARRIED).write_text(json.dumps({"pack": manifest["id"], "source": manifest["source"]}, indent=1))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         shutil.rmtree(final, ignore_errors=True)  # an incomplete one (no meta.json), which resume ignores anyway
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if base is None:  # a first move: what a pack of this run's later checkpoints continues
-        (run / ORIGIN).write_text(json.dumps({"checkpoint": final.name, "iteration": meta["iteration"],
-                                              "source": manifest["source"]}, indent=1))
+        _write_json(run / ORIGIN, {"checkpoint": final.name, "iteration": meta["iteration"],
+                                   "source": manifest["source"], "packs": []})
     else:
         (run / ORIGIN).unlink(missing_ok=True)
     note = f", {manifest['first_moments_dropped']} first moments zero (exact for beta1 = 0)" \

@@ -39,8 +39,8 @@
 #   R=runs/gpu_cont; export PYTHON=python3 PYTHONPATH=$PWD:/tmp/site; CPU_LONG_ROOT=$R DATA=$R/shards BF16=true \
 #     CPU_LONG_EXTRA="--loss.backend=torch --data.num_workers=2 --run.log_every=50" bash bench/cpu_long.sh 3.1 refresh
 #   python3 -m bench.carry_run pack $R/refresh $OUT/ckpt       # timeout_s 300
-# Its pack names the first pack's checkpoint as the one it continues, so back here unpack the first call's ckpt/, then
-# the second's with --force.
+# Back here unpack the first call's ckpt/, then the second's (it goes on from the first: its manifest lists the first
+# pack's id, and the checkpoint unpacked from that pack keeps it; no --force since session 20).
 set -u
 OUTDIR=${1:?usage: bash bench/gpu_continue.sh OUTDIR [MINUTES]}
 MINUTES=${2:-}

@@ -125,6 +125,31 @@ def test_a_returned_pack_must_continue_the_runs_newest_checkpoint(tmp_path, caps
     assert not (tmp_path / "home" / "carried_from.json").exists()
 
 
+def test_a_second_pack_of_the_same_run_goes_on_from_the_first(tmp_path, capsys):
+    """The GPU trains on after its first pack and packs again: home takes both, in order, without --force."""
+    _run(tmp_path, "home", 2)
+    moved = _moved(tmp_path, "home")
+    _run(moved.parent, moved.name, 4, "--resume", "auto")
+    first, second = tmp_path / "first.pack", tmp_path / "second.pack"
+    assert main(["pack", str(moved), str(first)]) == 0
+    _run(moved.parent, moved.name, 6, "--resume", "auto")
+    assert main(["pack", str(moved), str(second)]) == 0
+    ids = [json.loads((p / "manifest.json").read_text())["id"] for p in (first, second)]
+    assert ids[0] != ids[1]
+    assert json.loads((second / "manifest.json").read_text())["continues"]["packs"] == ids[:1]
+    shutil.copytree(tmp_path / "home", tmp_path / "other")
+    _run(tmp_path, "other", 3, "--resume", "auto")  # went on by itself: neither ckpt 2 nor the first pack's ckpt 4
+    assert main(["unpack", str(second), str(tmp_path / "other")]) == 2
+    assert "would fork its trajectory" in capsys.readouterr().err
+    home = tmp_path / "home" / "checkpoints"
+    assert main(["unpack", str(first), str(tmp_path / "home")]) == 0
+    assert json.loads((home / "ckpt-000000004" / "carried.json").read_text())["pack"] == ids[0]
+    assert main(["unpack", str(second), str(tmp_path / "home")]) == 0  # on top of the first: no --force needed
+    assert (home / "ckpt-000000006" / "meta.json").is_file() and _left(tmp_path) == []
+    a, b = _state(tmp_path / "home", 6, "generator"), _state(moved, 6, "generator")  # the GPU's last parameters
+    assert all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
+
+
 def test_the_fashion_mnist_subset_reads_back(tmp_path):
     from fastui.data.importers import fashion_mnist
 
