@@ -29,8 +29,8 @@ class AverageError(Exception):
     """Inputs that cannot be averaged (nothing written)."""
 
 
-def average(dirs: list[Path], weights: list[float] | None = None) -> tuple[dict, dict]:
-    """(arch, state_dict): the weighted mean of the checkpoints in ``dirs``."""
+def average(dirs: list[Path], weights: list[float] | None = None) -> tuple[dict, dict, list[float]]:
+    """(arch, state_dict, normalised weights): the weighted mean of the checkpoints in ``dirs``."""
     from fastui.teachers import ARCH_FILE, WEIGHTS_FILE
 
     if not dirs:
@@ -38,7 +38,7 @@ def average(dirs: list[Path], weights: list[float] | None = None) -> tuple[dict,
     weights = [1.0] * len(dirs) if weights is None else [float(w) for w in weights]
     if len(weights) != len(dirs) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
         raise AverageError(f"--weights: {len(dirs)} non-negative numbers with a positive sum, got {weights}")
-    total = sum(weights)
+    weights = [w / sum(weights) for w in weights]
     arch, acc, first = None, {}, None
     for d, w in zip(dirs, weights, strict=True):
         if not (d / ARCH_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
@@ -54,10 +54,10 @@ def average(dirs: list[Path], weights: list[float] | None = None) -> tuple[dict,
             raise AverageError(f"{d}: other parameter names or shapes than {dirs[0]}")
         for k, v in state.items():
             if k in acc:
-                acc[k] += v.double() * (w / total)
+                acc[k] += v.double() * w
             elif not torch.equal(v, first[k]):
                 raise AverageError(f"{d}: non-float tensor {k} differs from {dirs[0]}'s")
-    return arch, {k: acc[k].to(v.dtype) if k in acc else v for k, v in first.items()}
+    return arch, {k: acc[k].to(v.dtype) if k in acc else v for k, v in first.items()}, weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,16 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.out.exists():
             raise AverageError(f"{a.out} exists: nothing written")
-        arch, state = average(a.dirs, a.weights)
+        arch, state, weights = average(a.dirs, a.weights)
     except AverageError as e:
         print(f"average_snapshots: {e}", file=sys.stderr)
         return 2
     from fastui.teachers import save_checkpoint
 
     save_checkpoint(None, a.out, arch=arch, state_dict=state)
-    weights = a.weights or [1.0] * len(a.dirs)
     (a.out / "averaged_from.json").write_text(json.dumps(
-        {"dirs": [str(d) for d in a.dirs], "weights": [w / sum(weights) for w in weights]}, indent=1))
+        {"dirs": [str(d) for d in a.dirs], "weights": weights}, indent=1))
     print(f"average_snapshots: {len(a.dirs)} checkpoints -> {a.out}")
     return 0
 
