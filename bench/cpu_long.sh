@@ -21,7 +21,12 @@
 #       --config configs/demo_fmnist_gpu.toml --overrides "see bench/cpu_long.sh"
 # Data: $DATA, else runs/demo/shards (what `make demo` writes), else written here from the Debian package.
 # CPU_LONG_ROOT: another directory for the runs (default runs/cpu_long). CPU_LONG_EXTRA: more fastui.train overrides
-# for every stage (bench/gpu_continue.sh: the GPU's logging, loss backend and loader workers).
+# for every stage (bench/gpu_continue.sh: the GPU's logging, loss backend and loader workers). CPU_LONG_END: where
+# stage 4 ends (images; default 1,000,000); CPU_LONG_STAGE4: more overrides for stage 4 only, e.g. a decay of the rates
+# to the end instead of the constant rate after which session 19's trajectory drifted up (session 21):
+#   CPU_LONG_END=448000 CPU_LONG_STAGE4="--optim.lr_decay_start=0.75 --optim.lr_decay_final=0.1" \
+#       bash bench/cpu_long.sh 60
+# (the fraction is of the stage's run.duration_images, CPU_LONG_END: 0.75 x 448,000 = 336,000 images on).
 # DRY=1 prints the command of the current stage and exits; SMOKE=1 runs the stages on tiny numbers (batch 8).
 set -u
 MINUTES=${1:?usage: bash bench/cpu_long.sh MINUTES [NAME]}
@@ -33,6 +38,17 @@ RUN=$ROOT/$NAME
 # the deadline, in seconds since the epoch (MINUTES may be fractional); the shards below count against it
 END=$(awk -v m="$MINUTES" -v now="$(date +%s)" \
   'BEGIN { if (m !~ /^[0-9]*\.?[0-9]+$/) exit 1; printf "%d", now + m * 60 }') || { echo "cpu_long: MINUTES must be a number, got $MINUTES" >&2; exit 2; }
+B1=175000 B2=256000 B3=320000 B4=1000000 EVERY=32000 EVERY4=16000 SNAP=16000 CKPT=8000 BATCH=()
+if [ "${SMOKE:-0}" = 1 ]; then  # the stage logic on tiny numbers: batch 8, stages end at 16 / 32 / 48 / 64 images
+  B1=16 B2=32 B3=48 B4=64 EVERY=16 EVERY4=8 SNAP=8 CKPT=8 BATCH=(--batch.global_size=8 --batch.micro=8
+    --discriminator.refresh_steps=5 --discriminator.refresh_pool=16 --discriminator.refresh_batch=8)
+fi
+if [ -n "${CPU_LONG_END:-}" ]; then
+  [[ "$CPU_LONG_END" =~ ^[0-9]+$ ]] && [ "$CPU_LONG_END" -gt $B3 ] || {
+    echo "cpu_long: CPU_LONG_END must be a whole number of images past stage 3's end ($B3)," \
+      "got $CPU_LONG_END" >&2; exit 2; }
+  B4=$CPU_LONG_END
+fi
 DATA=${DATA:-runs/demo/shards}
 if [ ! -f "$DATA/manifest.json" ]; then
   DATA=$ROOT/shards
@@ -41,11 +57,6 @@ if [ ! -f "$DATA/manifest.json" ]; then
 fi
 # BF16=true|false overrides (a lent GPU: bench/gpu_continue.sh)
 BF16=${BF16:-$("$PY" -c "from fastui.cpu import native_bf16; print(str(native_bf16()).lower())")} || exit 98
-B1=175000 B2=256000 B3=320000 B4=1000000 EVERY=32000 EVERY4=16000 SNAP=16000 CKPT=8000 BATCH=()
-if [ "${SMOKE:-0}" = 1 ]; then  # the stage logic on tiny numbers: batch 8, stages end at 16 / 32 / 48 / 64 images
-  B1=16 B2=32 B3=48 B4=64 EVERY=16 EVERY4=8 SNAP=8 CKPT=8 BATCH=(--batch.global_size=8 --batch.micro=8
-    --discriminator.refresh_steps=5 --discriminator.refresh_pool=16 --discriminator.refresh_batch=8)
-fi
 ckpt_state() {  # "IMAGES MOVED" of the newest complete checkpoint ("0 false" when none); MOVED is true when its data
   # position is on other shards than $DATA (a pack moved between machines: bench/gpu_continue.sh), which restarts it
   "$PY" - "$RUN/checkpoints" "$DATA/manifest.json" <<'PYEOF'
@@ -61,6 +72,7 @@ print(images, str(saved is not None and now is not None and saved["num_shards"] 
 PYEOF
 }
 read -r -a MORE <<< "${CPU_LONG_EXTRA:-}"
+read -r -a LAST <<< "${CPU_LONG_STAGE4:-}"
 STAGE2=(--optim.lr_g=2.5e-5 --optim.lr_fake=7.5e-5)
 while :; do
   STATE=$(ckpt_state) || exit 96
@@ -79,6 +91,7 @@ while :; do
     if [ "$DONE" -lt $B3 ]; then STAGE=3 UNTIL=$B3 HEADS=$EVERY; else STAGE=4 UNTIL=$B4 HEADS=$EVERY4; fi
     EXTRA=("${STAGE2[@]}" --loss.gan_weight=10 --discriminator.refresh_every_images=$HEADS
            --discriminator.refresh_start_images=$B2 --run.duration_images=$UNTIL)
+    [ $STAGE = 4 ] && EXTRA+=("${LAST[@]}")
   else
     echo "cpu_long: $RUN is done ($DONE images)"; exit 0
   fi

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import math
 import re
 import shutil
 import subprocess
@@ -13,9 +15,9 @@ import pytest
 from testkit import FMNIST, ROOT, clean_env, fmnist_shards
 
 
-def _script(tmp_path: Path, *, dry: bool = False, data: str = "shards") -> subprocess.CompletedProcess:
+def _script(tmp_path: Path, *, dry: bool = False, data: str = "shards", **more: str) -> subprocess.CompletedProcess:
     env = clean_env(SMOKE="1", CPU_LONG_ROOT=str(tmp_path / "runs"), DATA=str(tmp_path / data), PYTHON=sys.executable,
-                    DRY="1" if dry else "0")
+                    DRY="1" if dry else "0", **more)
     return subprocess.run(["bash", str(ROOT / "bench" / "cpu_long.sh"), "5", "t"], env=env, capture_output=True,
                           text=True, timeout=600, check=False)
 
@@ -50,3 +52,28 @@ def test_the_stages_follow_the_image_count_and_a_finished_run_stops(tmp_path):
     assert re.findall(r"at (\d+) images: stage (\d)", moved.stdout) == [("56", "4")], moved.stdout
     assert "other shards: data stream restarted" in moved.stdout and "the data stream starts over" in moved.stdout
     assert "is done (64 images)" in moved.stdout
+
+    # stage 4 taken further (CPU_LONG_END) with overrides of its own (CPU_LONG_STAGE4): the rates decay to the new end
+    decay = "--optim.lr_decay_start=0.7 --optim.lr_decay_final=0.1"
+    longer = _script(tmp_path, data="other", CPU_LONG_END="80", CPU_LONG_STAGE4=decay,
+                     CPU_LONG_EXTRA="--run.log_every=1")
+    assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
+    assert re.findall(r"at (\d+) images: stage (\d)", longer.stdout) == [("64", "4")], longer.stdout
+    assert "is done (80 images)" in longer.stdout
+    with open(tmp_path / "runs" / "t" / "log.csv") as f:
+        lr_g = [float(r["lr_g"]) for r in csv.DictReader(f) if int(r["images"]) > 64]
+    # half-cosine from 70% of 80 images to 0.1x at the end, each iteration at the fraction done before it (64, 72)
+    scale = [0.1 + 0.9 * (1 + math.cos(math.pi * (f - 0.7) / 0.3)) / 2 for f in (64 / 80, 72 / 80)]
+    assert lr_g == pytest.approx([2.5e-5 * s for s in scale], rel=1e-4), lr_g
+
+
+def test_stage4_settings_reach_stage_4_only_and_a_bad_end_writes_nothing(tmp_path):
+    dry = _script(tmp_path, dry=True, CPU_LONG_END="100", CPU_LONG_STAGE4="--optim.lr_decay_start=0.5")
+    assert dry.returncode == 0 and "at 0 images: stage 1" in dry.stdout, dry.stdout + dry.stderr
+    assert "lr_decay_start" not in dry.stdout and "--run.duration_images=16" in dry.stdout
+
+    for bad in ("48", "4e5", "-1", "abc"):  # not past stage 3's end (48 in SMOKE), or not a whole number
+        r = _script(tmp_path, CPU_LONG_END=bad)
+        msg = f"CPU_LONG_END must be a whole number of images past stage 3's end (48), got {bad}"
+        assert r.returncode == 2 and msg in r.stderr, r.stdout + r.stderr
+    assert not list(tmp_path.iterdir())  # no shards, no run directory
