@@ -25,7 +25,7 @@
 # stage 4 ends (images; default 1,000,000); CPU_LONG_STAGE4: more overrides for stage 4 only, e.g. a decay of the rates
 # to the end instead of the constant rate after which session 19's trajectory drifted up (session 21):
 #   CPU_LONG_END=448000 CPU_LONG_STAGE4="--optim.lr_decay_start=0.75 --optim.lr_decay_final=0.1" \
-#       bash bench/cpu_long.sh 60
+#       bash bench/cpu_long.sh 60 decay     # a new trajectory, runs/cpu_long/decay
 # (the fraction is of the stage's run.duration_images, CPU_LONG_END: 0.75 x 448,000 = 336,000 images on).
 # DRY=1 prints the command of the current stage and exits; SMOKE=1 runs the stages on tiny numbers (batch 8).
 set -u
