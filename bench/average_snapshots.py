@@ -38,7 +38,8 @@ def average(dirs: list[Path], weights: list[float] | None = None) -> tuple[dict,
     weights = [1.0] * len(dirs) if weights is None else [float(w) for w in weights]
     if len(weights) != len(dirs) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
         raise AverageError(f"--weights: {len(dirs)} non-negative numbers with a positive sum, got {weights}")
-    weights = [w / sum(weights) for w in weights]
+    total = sum(weights)
+    weights = [w / total for w in weights]
     arch, acc, first = None, {}, None
     for d, w in zip(dirs, weights, strict=True):
         if not (d / ARCH_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
