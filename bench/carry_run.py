@@ -25,8 +25,10 @@ one: the CPU run went on meanwhile, and taking the pack would fork its trajector
 packing, and do not start it again until the GPU's pack is back. Each pack has an id (the sha256 of its stream); the
 run it came from lists the ids it has packed since its origin (in ``carried_from.json``), an unpacked checkpoint keeps
 its pack's id (``carried.json`` in the checkpoint), and a later pack of the same run is also accepted on top of an
-earlier one of its packs (the GPU trained on after a first pack, and both came back, in order). Errors write nothing
-(exit 2).
+earlier one of its packs (the GPU trained on after a first pack, and both came back, in order). The run's
+``cpu_long.plan`` (where ``bench/cpu_long.sh``'s stage 4 ends and its overrides) travels too: ``unpack`` writes it where
+the destination has none and refuses (unless ``--force``, which keeps the destination's) where the destination's
+differs, so that the GPU continues a trajectory to the plan it was started with. Errors write nothing (exit 2).
 
 Usage::
 
@@ -55,6 +57,7 @@ import torch
 FORMAT, VERSION = "fastui-carry", 1
 ORIGIN = "carried_from.json"  # in a run unpacked from a pack: the checkpoint it started from, and its packs since
 CARRIED = "carried.json"  # in a checkpoint unpacked from a pack: that pack's id
+PLAN = "cpu_long.plan"  # bench/cpu_long.sh's stage-4 end and overrides, saved in the run directory
 ENGINES = ("generator", "fake")
 
 
@@ -165,6 +168,8 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
     lineage = json.loads(origin.read_text()) if origin.is_file() else None
     if lineage is not None:  # this run was unpacked from a pack: what it continued (and packed since) travels back
         manifest["continues"] = lineage
+    if (run / PLAN).is_file():
+        manifest["plan"] = (run / PLAN).read_text()
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -212,6 +217,11 @@ def unpack(src: Path, run: Path, force: bool = False) -> int:
                          f"{run} is {have.name if have else 'none'}, neither that one nor one of the packs made since "
                          "from the same run: the run went on meanwhile (or is another one), and unpacking would fork "
                          "its trajectory. Nothing written; --force takes the pack anyway")
+    plan, here = manifest.get("plan"), run / PLAN
+    here_plan = here.read_text() if here.is_file() else None
+    if plan is not None and here_plan is not None and here_plan != plan and not force:
+        raise CarryError(f"the pack's run was trained to the plan {plan!r} of bench/cpu_long.sh, but {here} reads "
+                         f"{here_plan!r}: nothing written; --force takes the pack and keeps {here}")
     blob = b""
     for p in manifest["parts"]:
         data = (src / p["name"]).read_bytes() if (src / p["name"]).is_file() else b""
@@ -236,6 +246,8 @@ def unpack(src: Path, run: Path, force: bool = False) -> int:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if plan is not None and here_plan is None:
+        here.write_text(plan)
     if base is None:  # a first move: what a pack of this run's later checkpoints continues
         _write_json(run / ORIGIN, {"checkpoint": final.name, "iteration": meta["iteration"],
                                    "source": manifest["source"], "packs": []})
@@ -261,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("src", type=Path)
     u.add_argument("run", type=Path)
     u.add_argument("--force", action="store_true",
-                   help="unpack a returned pack although the run's newest checkpoint is not the one it continued")
+                   help="unpack a returned pack although the run's newest checkpoint is not the one it continued, "
+                        "or although the run's cpu_long.plan differs from the pack's (the run keeps its own)")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "pack":

@@ -27,6 +27,9 @@
 #   CPU_LONG_END=448000 CPU_LONG_STAGE4="--optim.lr_decay_start=0.75 --optim.lr_decay_final=0.1" \
 #       bash bench/cpu_long.sh 60 decay     # a new trajectory, runs/cpu_long/decay
 # (the fraction is of the stage's run.duration_images, CPU_LONG_END: 0.75 x 448,000 = 336,000 images on).
+# The first call that trains saves the two in runs/cpu_long/NAME/cpu_long.plan; later calls take them from there, so
+# that a trajectory keeps its plan when a later call forgets them, and refuse (exit 2, nothing run) a value that
+# differs from the saved one (remove the file to change the plan).
 # DRY=1 prints the command of the current stage and exits; SMOKE=1 runs the stages on tiny numbers (batch 8).
 set -u
 MINUTES=${1:?usage: bash bench/cpu_long.sh MINUTES [NAME]}
@@ -42,6 +45,19 @@ B1=175000 B2=256000 B3=320000 B4=1000000 EVERY=32000 EVERY4=16000 SNAP=16000 CKP
 if [ "${SMOKE:-0}" = 1 ]; then  # the stage logic on tiny numbers: batch 8, stages end at 16 / 32 / 48 / 64 images
   B1=16 B2=32 B3=48 B4=64 EVERY=16 EVERY4=8 SNAP=8 CKPT=8 BATCH=(--batch.global_size=8 --batch.micro=8
     --discriminator.refresh_steps=5 --discriminator.refresh_pool=16 --discriminator.refresh_batch=8)
+fi
+PLAN=$RUN/cpu_long.plan
+if [ -f "$PLAN" ]; then
+  SAVED_END=$(sed -n 's/^end=//p' "$PLAN") SAVED_LAST=$(sed -n 's/^stage4=//p' "$PLAN")
+  if { [ -n "${CPU_LONG_END:-}" ] && [ "$CPU_LONG_END" != "$SAVED_END" ]; } ||
+     { [ -n "${CPU_LONG_STAGE4:-}" ] && [ "$CPU_LONG_STAGE4" != "$SAVED_LAST" ]; }; then
+    echo "cpu_long: $RUN was started with CPU_LONG_END='$SAVED_END' CPU_LONG_STAGE4='$SAVED_LAST' (saved in $PLAN)," \
+      "got CPU_LONG_END='${CPU_LONG_END:-}' CPU_LONG_STAGE4='${CPU_LONG_STAGE4:-}': give the same values or none" \
+      "(remove $PLAN to change the plan)" >&2; exit 2
+  fi
+  CPU_LONG_END=$SAVED_END CPU_LONG_STAGE4=$SAVED_LAST
+  echo "cpu_long: the saved plan ($PLAN) ends stage 4 at ${SAVED_END:-the default} images, its overrides" \
+    "'$SAVED_LAST'"
 fi
 if [ -n "${CPU_LONG_END:-}" ]; then
   [[ "$CPU_LONG_END" =~ ^[0-9]+$ ]] && [ "$CPU_LONG_END" -gt $B3 ] || {
@@ -100,7 +116,8 @@ while :; do
     "$STAGE for up to $LEFT minutes (bf16 $BF16$([ "$MOVED" = true ] && echo ", other shards: data stream restarted"))"
   if [ "${DRY:-0}" = 1 ]; then echo "$PY" -m fastui.train "${COMMON[@]}" "${EXTRA[@]}"; exit 0; fi
   [ $LEFT_S -ge 30 ] || { echo "cpu_long: less than 30 s left"; exit 0; }
-  mkdir -p $ROOT
+  mkdir -p "$RUN"
+  [ -f "$PLAN" ] || printf 'end=%s\nstage4=%s\n' "${CPU_LONG_END:-}" "${CPU_LONG_STAGE4:-}" > "$PLAN" || exit 95
   "$PY" -m fastui.train "${COMMON[@]}" "${EXTRA[@]}" || exit $?
   STATE=$(ckpt_state) || exit 96
   [ "${STATE%% *}" = "$DONE" ] && exit 0  # no progress: out of time

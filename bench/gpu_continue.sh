@@ -27,7 +27,8 @@
 # checkpoint with more than 320 s of the budget left, bench/gpu_long.sh runs from scratch in what is left, on the same
 # 20,000 images (its own tars, also in OUTDIR); one that fails later returns what it made. Exit status: cpu_long.sh's,
 # else 93 when the pack failed. CPU_LONG_END and CPU_LONG_STAGE4 pass on to cpu_long.sh (stage 4 to a set end with
-# overrides of its own, e.g. its rates decaying to that end: cpu_long.sh's header).
+# overrides of its own, e.g. its rates decaying to that end: cpu_long.sh's header); a pack of a run that has them saved
+# (its cpu_long.plan) brings them along, so that they need not be given again (given, they must match).
 # Without MINUTES the training gets what is left of BUDGET_S (default 560 s, for a 600-second call) after the set-up,
 # less 100 s for the sampling and the packing. When the session has less device time left than a whole call, set
 # BUDGET_S to status's budget_left_s less the machine's start (~90 s) and 40 s: a call cut off before the pack returns

@@ -150,6 +150,25 @@ def test_a_second_pack_of_the_same_run_goes_on_from_the_first(tmp_path, capsys):
     assert all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
 
 
+def test_the_plan_of_bench_cpu_long_travels_with_the_pack(tmp_path, capsys):
+    _run(tmp_path, "home", 2)
+    plan = "end=448000\nstage4=--optim.lr_decay_start=0.75 --optim.lr_decay_final=0.1\n"
+    (tmp_path / "home" / "cpu_long.plan").write_text(plan)
+    shutil.copytree(tmp_path / "home", tmp_path / "other")
+    moved = _moved(tmp_path, "home")  # "on the GPU": bench/cpu_long.sh there finds the plan
+    assert (moved / "cpu_long.plan").read_text() == plan
+    _run(moved.parent, moved.name, 3, "--resume", "auto")
+    back = tmp_path / "back.pack"
+    assert main(["pack", str(moved), str(back)]) == 0
+    (tmp_path / "other" / "cpu_long.plan").write_text("end=\nstage4=\n")  # another plan: refused, nothing written
+    assert main(["unpack", str(back), str(tmp_path / "other")]) == 2
+    assert "nothing written; --force takes the pack" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "checkpoints" / "ckpt-000000003").exists() and _left(tmp_path) == []
+    assert main(["unpack", str(back), str(tmp_path / "home")]) == 0  # the same plan
+    assert (tmp_path / "home" / "checkpoints" / "ckpt-000000003" / "meta.json").is_file()
+    assert (tmp_path / "home" / "cpu_long.plan").read_text() == plan
+
+
 def test_the_fashion_mnist_subset_reads_back(tmp_path):
     from fastui.data.importers import fashion_mnist
 

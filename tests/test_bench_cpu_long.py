@@ -53,8 +53,16 @@ def test_the_stages_follow_the_image_count_and_a_finished_run_stops(tmp_path):
     assert "other shards: data stream restarted" in moved.stdout and "the data stream starts over" in moved.stdout
     assert "is done (64 images)" in moved.stdout
 
-    # stage 4 taken further (CPU_LONG_END) with overrides of its own (CPU_LONG_STAGE4): the rates decay to the new end
+    # the first call that trained saved its plan (the default end, no stage-4 overrides); another is refused
+    plan = tmp_path / "runs" / "t" / "cpu_long.plan"
+    assert plan.read_text() == "end=\nstage4=\n"
     decay = "--optim.lr_decay_start=0.7 --optim.lr_decay_final=0.1"
+    refused = _script(tmp_path, data="other", CPU_LONG_END="80", CPU_LONG_STAGE4=decay)
+    assert refused.returncode == 2 and "give the same values or none" in refused.stderr, refused.stdout + refused.stderr
+    assert ": stage" not in refused.stdout and plan.read_text() == "end=\nstage4=\n"
+
+    # stage 4 taken further (CPU_LONG_END) with overrides of its own (CPU_LONG_STAGE4): the rates decay to the new end
+    plan.unlink()
     longer = _script(tmp_path, data="other", CPU_LONG_END="80", CPU_LONG_STAGE4=decay,
                      CPU_LONG_EXTRA="--run.log_every=1")
     assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
@@ -65,6 +73,17 @@ def test_the_stages_follow_the_image_count_and_a_finished_run_stops(tmp_path):
     # half-cosine from 70% of 80 images to 0.1x at the end, each iteration at the fraction done before it (64, 72)
     scale = [0.1 + 0.9 * (1 + math.cos(math.pi * (f - 0.7) / 0.3)) / 2 for f in (64 / 80, 72 / 80)]
     assert lr_g == pytest.approx([2.5e-5 * s for s in scale], rel=1e-4), lr_g
+
+    # a later call that forgets the two takes them from the plan (without it, 72 images would be past the end, 64)
+    assert plan.read_text() == f"end=80\nstage4={decay}\n"
+    shutil.rmtree(tmp_path / "runs" / "t" / "checkpoints" / "ckpt-000000010")  # back to 72 images
+    later = _script(tmp_path, dry=True, data="other")
+    assert later.returncode == 0 and re.findall(r"at (\d+) images: stage (\d)", later.stdout) == [("72", "4")], \
+        later.stdout + later.stderr
+    assert f"--run.duration_images=80 {decay}" in later.stdout, later.stdout
+    other = _script(tmp_path, data="other", CPU_LONG_END="96")
+    assert other.returncode == 2 and "CPU_LONG_END='80'" in other.stderr, other.stdout + other.stderr
+    assert plan.read_text() == f"end=80\nstage4={decay}\n"
 
 
 def test_stage4_settings_reach_stage_4_only_and_a_bad_end_writes_nothing(tmp_path):
