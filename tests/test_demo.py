@@ -140,3 +140,28 @@ def test_the_rate_decay_follows_the_demos_own_budget(tiny_teacher, tmp_path):
         assert float(r["lr_g"]) == pytest.approx(lr_g * scale, rel=1e-6)
         assert float(r["lr_fake"]) == pytest.approx(lr_fake * scale, rel=1e-6)
     assert float(rows[-1]["lr_g"]) < 0.5 * lr_g
+
+
+@pytest.mark.parametrize(("bf16", "extra", "want"), [
+    (True, (), (12.0, True)),
+    (False, (), (15.0, False)),  # fp32 there, for the whole 15 minutes the issue allows
+    (False, ("--minutes", "3"), (3.0, False)),  # what is asked wins
+])
+def test_a_cpu_without_native_bf16_distils_in_fp32_for_longer(tiny_teacher, tmp_path, monkeypatch, capsys, bf16,
+                                                               extra, want):
+    seen = []
+    real = demo.distill
+
+    def spy(cfg, res, **kw):
+        seen.append((kw["minutes"], cfg.engine.autocast_bf16))
+        return real(cfg, res, **kw)
+
+    monkeypatch.setattr(demo, "distill", spy)
+    monkeypatch.setattr(demo, "native_bf16", lambda: bf16)
+    args = _smoke_args(tiny_teacher, tmp_path / "demo", "--skip-fid", *extra)
+    args[args.index("--iterations") + 1] = "1"
+    assert demo.main(args) == 0
+    assert seen == [want]
+    printed = capsys.readouterr().out
+    assert ("no native bf16" in printed) is (not bf16)
+    assert f"budget {want[0]:g} min" in printed

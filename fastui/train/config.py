@@ -98,6 +98,9 @@ class ScheduleConfig:
     k_fake: int = 0  # fake-score(+discriminator) steps per generator step (0 = the preset's)
     warmup_images: int = 100_000  # no generator step before this many images
     ratio_start_images: int = 200_000  # GAN and ratio-weighted branches on after this many images
+    # the fake step trains on the generator step's samples (drawn first, detached): one generator forward per
+    # iteration instead of two (needs k_fake = 1 and one micro-step per optimizer step)
+    share_samples: bool = False
 
 
 @dataclass
@@ -488,10 +491,15 @@ def resolve(cfg: Config, world: int) -> Resolved:
     if cfg.discriminator.refresh_every_images and not (gan or use_ratio):
         raise ConfigError(f"discriminator.refresh_every_images: method {p.name!r} trains no discriminator here "
                           "(turn on loss.gan or loss.ratio)")
+    k_fake = cfg.schedule.k_fake or p.k_fake
+    if cfg.schedule.share_samples and (k_fake != 1 or accum != 1):
+        raise ConfigError(f"schedule.share_samples needs one fake step and one micro-step per generator step (the "
+                          f"generator's graph is held across the fake step); here k_fake = {k_fake} and "
+                          f"grad_accum = {accum}")
     eps = cfg.optim.eps or (1e-8 if cfg.engine.precision == "fp32" and not cfg.engine.autocast_bf16 else 1e-6)
     return Resolved(
         preset=p, divergence=cfg.loss.divergence or (p.divergence or ""),
-        alpha=p.alpha if cfg.loss.alpha < 0 else cfg.loss.alpha, k_fake=cfg.schedule.k_fake or p.k_fake,
+        alpha=p.alpha if cfg.loss.alpha < 0 else cfg.loss.alpha, k_fake=k_fake,
         sigma_g=p.sigma_g if cfg.loss.sigma_g == "auto" else cfg.loss.sigma_g, gan=gan, gan_weight=gan_weight,
         use_ratio=use_ratio, ratio_clip=clip, needs_disc=gan or use_ratio, world=world, micro=micro,
         grad_accum=accum, global_size=glob, eps=eps,

@@ -150,12 +150,18 @@ def _generate(ctx: StepContext, draws: Draws, labels, module) -> torch.Tensor:
     return module(s0 * z, sigma, labels).float()
 
 
-def fake_micro_step(ctx: StepContext, it: int, sub: int, micro: int) -> None:
-    """DSM of the fake score on detached generator samples, plus the discriminator when it is used (MATH §3)."""
+def fake_micro_step(ctx: StepContext, it: int, sub: int, micro: int, shared: _Sample | None = None) -> None:
+    """DSM of the fake score on detached generator samples, plus the discriminator when it is used (MATH §3).
+
+    ``shared``: the generator step's samples (``schedule.share_samples``), used detached instead of a draw of its own.
+    """
     d = Draws(ctx, it, 1 + sub, micro)
-    labels = ctx.g_labels(d)
-    with torch.no_grad(), ctx.amp():
-        x_g = _generate(ctx, d, labels, ctx.gen.module)
+    if shared is None:
+        labels = ctx.g_labels(d)
+        with torch.no_grad(), ctx.amp():
+            x_g = _generate(ctx, d, labels, ctx.gen.module)
+    else:
+        labels, x_g = shared.labels, shared.x_g.detach()
     sigma = d.sigma("lognormal")
     n = d.randn(ctx.shape)
     x_t = x_g + ctx.expand(sigma) * n
@@ -180,13 +186,32 @@ def fake_micro_step(ctx: StepContext, it: int, sub: int, micro: int) -> None:
     ctx.fake.step()
 
 
-def generator_micro_step(ctx: StepContext, it: int, micro: int, ph: Phase) -> None:
-    """The distillation loss of the method (+ GAN term) through both denoisers' inputs (MATH §5, §6)."""
-    res = ctx.res
+@dataclass
+class _Sample:
+    """The generator step's draws and samples ``x_g`` (with their graph), made before the fake step when shared."""
+
+    draws: Draws
+    labels: torch.Tensor | None
+    x_g: torch.Tensor
+
+
+def _generator_sample(ctx: StepContext, it: int, micro: int) -> _Sample:
     d = Draws(ctx, it, 0, micro)
     labels = ctx.g_labels(d)
     with ctx.amp():
         x_g = _generate(ctx, d, labels, ctx.gen)
+    return _Sample(d, labels, x_g)
+
+
+def generator_micro_step(ctx: StepContext, it: int, micro: int, ph: Phase, sample: _Sample | None = None) -> None:
+    """The distillation loss of the method (+ GAN term) through both denoisers' inputs (MATH §5, §6).
+
+    ``sample``: the generator's samples when they were drawn before the fake step (``schedule.share_samples``); the
+    draws that follow (sigma, noise) are the same either way.
+    """
+    res = ctx.res
+    sample = sample or _generator_sample(ctx, it, micro)
+    d, labels, x_g = sample.draws, sample.labels, sample.x_g
     sigma = d.sigma(res.sigma_g)
     eps = d.randn(ctx.shape)
     x_t = x_g + ctx.expand(sigma) * eps
@@ -238,7 +263,18 @@ def _generator_loss(ctx: StepContext, ph: Phase, x_g, d_teacher, d_fake, sigma, 
 
 
 def train_iteration(ctx: StepContext, it: int, ph: Phase) -> None:
-    """``k_fake`` fake steps then (after warm-up) one generator step, each over ``grad_accum`` micro-batches."""
+    """``k_fake`` fake steps then (after warm-up) one generator step, each over ``grad_accum`` micro-batches.
+
+    With ``schedule.share_samples`` (one fake step, one micro-step: checked by the config) the generator's samples of
+    the generator step are drawn first and the fake step trains on them detached: the same updates as two draws
+    whose latents and labels coincide, one generator forward fewer. Before the first generator step (warm-up) the
+    fake step draws its own.
+    """
+    if ctx.cfg.schedule.share_samples and ph.generator_step:
+        sample = _generator_sample(ctx, it, 0)
+        fake_micro_step(ctx, it, 0, 0, shared=sample)
+        generator_micro_step(ctx, it, 0, ph, sample=sample)
+        return
     for sub in range(ctx.res.k_fake):
         for micro in range(ctx.res.grad_accum):
             fake_micro_step(ctx, it, sub, micro)
