@@ -28,7 +28,9 @@ its pack's id (``carried.json`` in the checkpoint), and a later pack of the same
 earlier one of its packs (the GPU trained on after a first pack, and both came back, in order). The run's
 ``cpu_long.plan`` (where ``bench/cpu_long.sh``'s stage 4 ends and its overrides) travels too: ``unpack`` writes it where
 the destination has none and refuses (unless ``--force``, which keeps the destination's) where the destination's
-differs, so that the GPU continues a trajectory to the plan it was started with. Errors write nothing (exit 2).
+differs, so that the GPU continues a trajectory to the plan it was started with. A run directory that holds only a
+plan (no checkpoint yet) packs into a pack without a checkpoint, which starts the trajectory where it is unpacked
+(into a run without checkpoints only). Errors write nothing (exit 2).
 
 Usage::
 
@@ -143,7 +145,10 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
                          f"{part_mib}")
     ckpt = _latest(run)
     if ckpt is None:
-        raise CarryError(f"no complete checkpoint in {run / 'checkpoints'}")
+        if not (run / PLAN).is_file():
+            raise CarryError(f"no complete checkpoint in {run / 'checkpoints'}, and no {PLAN} there to start a new "
+                             "trajectory with (bench/cpu_long.sh's header says how to write one)")
+        return _pack_fresh(run, out, fmnist, images)
     meta = json.loads((ckpt / "meta.json").read_text())
     if meta.get("world") != 1 or meta.get("backend") != "torch":
         raise CarryError(f"{ckpt}: only single-process torch-backend checkpoints travel (world {meta.get('world')}, "
@@ -198,6 +203,50 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
     return 0
 
 
+def _pack_fresh(run: Path, out: Path, fmnist: Path | None, images: int) -> int:
+    """A pack that starts a trajectory elsewhere: no checkpoint, the run's plan (and the images)."""
+    if out.exists() and any(out.iterdir()):
+        raise CarryError(f"{out} is not empty: nothing written")
+    subset = _read_fmnist(fmnist, images) if fmnist is not None else None
+    plan = (run / PLAN).read_text()
+    manifest = {"format": FORMAT, "version": VERSION, "id": hashlib.sha256(plan.encode()).hexdigest(),
+                "checkpoint": None, "source": str(run), "plan": plan, "parts": []}
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        if subset is not None:
+            manifest["fmnist"] = _write_fmnist(*subset, tmp / "fmnist")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"carry_run: {run} has no checkpoint: {out} starts a new trajectory to its plan {plan!r}"
+          + (f"; Fashion-MNIST {images} images" if subset is not None else ""))
+    return 0
+
+
+def _unpack_fresh(src: Path, manifest: dict, run: Path) -> int:
+    """A pack without a checkpoint: write its plan into a run that has no checkpoint yet (the trajectory starts)."""
+    have = _latest(run)
+    plan, here = manifest.get("plan"), run / PLAN
+    if have is not None:
+        raise CarryError(f"{src} starts a new trajectory (no checkpoint), but {run} already holds {have.name}: nothing "
+                         "written")
+    if plan is None:
+        raise CarryError(f"{src}: a pack without a checkpoint must carry a plan")
+    if here.is_file() and here.read_text() != plan:
+        raise CarryError(f"{src} starts a trajectory to the plan {plan!r}, but {here} reads {here.read_text()!r}: "
+                         "nothing written")
+    run.mkdir(parents=True, exist_ok=True)
+    if not here.is_file():
+        here.write_text(plan)
+    print(f"carry_run: {src} -> {run}: no checkpoint, a new trajectory to the plan {plan!r}")
+    return 0
+
+
 def unpack(src: Path, run: Path, force: bool = False) -> int:
     try:
         manifest = json.loads((src / "manifest.json").read_text())
@@ -205,6 +254,8 @@ def unpack(src: Path, run: Path, force: bool = False) -> int:
         raise CarryError(f"{src / 'manifest.json'}: {e}") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise CarryError(f"{src}: not a {FORMAT} v{VERSION} pack")
+    if manifest.get("checkpoint") is None:
+        return _unpack_fresh(src, manifest, run)
     meta = manifest["meta"]
     have = _latest(run)
     have_meta = json.loads((have / "meta.json").read_text()) if have is not None else None

@@ -28,7 +28,13 @@
 # 20,000 images (its own tars, also in OUTDIR); one that fails later returns what it made. Exit status: cpu_long.sh's,
 # else 93 when the pack failed. CPU_LONG_END and CPU_LONG_STAGE4 pass on to cpu_long.sh (stage 4 to a set end with
 # overrides of its own, e.g. its rates decaying to that end: cpu_long.sh's header); a pack of a run that has them saved
-# (its cpu_long.plan) brings them along, so that they need not be given again (given, they must match).
+# (its cpu_long.plan) brings them along, so that they need not be given again (given, they must match). A run directory
+# that holds only a plan packs without a checkpoint, and the trajectory then starts there, from the teacher (session 23:
+# runs/ did not survive a change of machine, so a GPU session may have no checkpoint to continue):
+#   mkdir -p runs/cpu_long/decay && printf 'end=%s\nstage4=%s\n' 448000 \
+#       "--optim.lr_decay_start=0.75 --optim.lr_decay_final=0.1" > runs/cpu_long/decay/cpu_long.plan
+#   rm -rf .carry/cont && .venv/bin/python -m bench.carry_run pack runs/cpu_long/decay .carry/cont \
+#       --fmnist /usr/share/datasets/fashion-mnist
 # Without MINUTES the training gets what is left of BUDGET_S (default 560 s, for a 600-second call) after the set-up,
 # less 100 s for the sampling and the packing. When the session has less device time left than a whole call, set
 # BUDGET_S to status's budget_left_s less the machine's start (~90 s) and 40 s: a call cut off before the pack returns
@@ -64,7 +70,7 @@ rm -rf "${RUN:?}" "$ROOT/shards" "$ROOT/samples.npz"  # a warm machine keeps run
 # shellcheck source=bench/gpu_env.sh
 . bench/gpu_env.sh && gpu_env_setup "$ROOT/shards" "$CARRY/fmnist"
 "$PY" -m bench.carry_run unpack "$CARRY" "$RUN" || exit 94
-START=$(ls "$RUN/checkpoints")
+START=$(ls "$RUN/checkpoints" 2>/dev/null)  # empty for a pack without a checkpoint: the trajectory starts here
 BF16=${BF16:-$("$PY" -c "import torch; print(str(torch.cuda.is_available()).lower())")}
 if [ -z "$MINUTES" ]; then
   MINUTES=$(awk -v left=$((BUDGET_S - SECONDS - 100)) 'BEGIN { printf "%.2f", (left > 30 ? left : 30) / 60 }')
@@ -79,7 +85,7 @@ kill "$GPU_WATCH_PID" 2>/dev/null
 echo "gpu_continue: cpu_long.sh exit $rc after $SECONDS s; GPU memory used, utilisation (every 20 s):"
 cat "$ROOT/nvidia_smi.log"
 files=(gpu_continue.log)
-if [ "$(ls "$RUN/checkpoints")" != "$START" ]; then
+if [ "$(ls "$RUN/checkpoints" 2>/dev/null)" != "$START" ]; then
   "$PY" -m bench.trajectory sample "$RUN" --out "$ROOT/samples.npz" | tail -n 1
   rm -rf "$OUTDIR/ckpt"
   "$PY" -m bench.carry_run pack "$RUN" "$OUTDIR/ckpt" || { echo "gpu_continue: the pack failed"; [ $rc -ne 0 ] || rc=93; }

@@ -169,6 +169,39 @@ def test_the_plan_of_bench_cpu_long_travels_with_the_pack(tmp_path, capsys):
     assert (tmp_path / "home" / "cpu_long.plan").read_text() == plan
 
 
+def test_a_run_with_only_a_plan_packs_a_new_trajectory(tmp_path, capsys):
+    """No checkpoint yet, a plan: the pack starts the trajectory where it is unpacked, and a trajectory trained there
+    comes back as any pack does (a first move: its destination here may be empty)."""
+    plan = "end=448000\nstage4=--optim.lr_decay_start=0.75 --optim.lr_decay_final=0.1\n"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cpu_long.plan").write_text(plan)
+    pack = tmp_path / "fresh.pack"
+    assert main(["pack", str(home), str(pack)]) == 0
+    manifest = json.loads((pack / "manifest.json").read_text())
+    assert manifest["checkpoint"] is None and manifest["plan"] == plan and manifest["parts"] == []
+    _run(tmp_path, "busy", 2)  # a run with a checkpoint does not start over: refused, nothing written
+    assert main(["unpack", str(pack), str(tmp_path / "busy")]) == 2
+    assert "starts a new trajectory" in capsys.readouterr().err and not (tmp_path / "busy" / "cpu_long.plan").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "cpu_long.plan").write_text("end=\nstage4=\n")  # another plan: refused
+    assert main(["unpack", str(pack), str(tmp_path / "other")]) == 2
+    assert (tmp_path / "other" / "cpu_long.plan").read_text() == "end=\nstage4=\n"
+    gpu = tmp_path / "gpu"
+    assert main(["unpack", str(pack), str(gpu)]) == 0  # "on the GPU": the plan, no checkpoint
+    assert (gpu / "cpu_long.plan").read_text() == plan and not (gpu / "checkpoints").exists()
+    _run(tmp_path, "gpu", 3)  # trained there from the start
+    back = tmp_path / "back.pack"
+    assert main(["pack", str(gpu), str(back)]) == 0
+    assert json.loads((back / "manifest.json").read_text())["plan"] == plan
+    assert main(["unpack", str(back), str(home)]) == 0
+    assert (home / "checkpoints" / "ckpt-000000003" / "meta.json").is_file() and _left(tmp_path) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["pack", str(empty), str(tmp_path / "p")]) == 2  # neither a checkpoint nor a plan
+    assert "no cpu_long.plan there" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
 def test_the_fashion_mnist_subset_reads_back(tmp_path):
     from fastui.data.importers import fashion_mnist
 

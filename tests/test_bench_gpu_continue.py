@@ -55,3 +55,29 @@ def test_a_trajectory_continued_elsewhere_comes_back_and_goes_on(tmp_path):
     assert carry(["unpack", str(out / "ckpt"), str(run)]) == 0
     dry = _bash("cpu_long.sh", "5", DRY="1", **cpu)
     assert "is done (64 images)" in dry.stdout, dry.stdout + dry.stderr
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="needs dataset-fashion-mnist")
+def test_a_run_with_only_a_plan_starts_its_trajectory_elsewhere_and_comes_back(tmp_path):
+    # nothing trained here (runs/ lost): the run directory holds its plan only, and the GPU starts from the teacher
+    run = tmp_path / "cpu" / "decay"
+    run.mkdir(parents=True)
+    plan = "end=56\nstage4=--optim.lr_decay_start=0.5 --optim.lr_decay_final=0.1\n"
+    (run / "cpu_long.plan").write_text(plan)
+    assert carry(["pack", str(run), str(tmp_path / "pack"), "--fmnist", str(FMNIST), "--images", "40"]) == 0
+
+    out = tmp_path / "out"
+    g = _bash("gpu_continue.sh", str(out), "5", CARRY=str(tmp_path / "pack"), GPU_CONT_ROOT=str(tmp_path / "gpu"),
+              GPU_WHEELS=str(tmp_path / "no-wheels"), BF16="false", PYTHON=sys.executable)
+    assert g.returncode == 0, g.stdout[-4000:] + g.stderr[-3000:]
+    # stages 1-4 from nothing, stage 4 ending at the plan's 56 images (SMOKE's own end is 64)
+    assert [s for _, s in re.findall(r"at (\d+) images: stage (\d)", g.stdout)] == ["1", "2", "3", "4"], g.stdout
+    assert re.findall(r"at (\d+) images: stage", g.stdout)[0] == "0" and "is done (56 images)" in g.stdout
+    assert "the saved plan" in g.stdout
+    back = json.loads((out / "ckpt" / "manifest.json").read_text())
+    assert back["meta"]["images"] == 56 and back["plan"] == plan and "continues" not in back
+
+    assert carry(["unpack", str(out / "ckpt"), str(run)]) == 0  # back here: the trajectory's first checkpoint
+    cpu = {"CPU_LONG_ROOT": str(tmp_path / "cpu"), "DATA": str(tmp_path / "gpu" / "shards"), "PYTHON": sys.executable}
+    dry = _bash("cpu_long.sh", "5", "decay", DRY="1", **cpu)
+    assert "is done (56 images)" in dry.stdout, dry.stdout + dry.stderr
