@@ -156,7 +156,8 @@ def distill(cfg, res, *, minutes: float | None, cpu_seconds: float | None = None
     with open(run_dir / "log.csv", "w", newline="") as log_file:
         while it < max_it:
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if wall >= wall_budget or cpu >= cpu_budget:
+            # no iteration that would end past the budget, by the mean iteration so far: "at most M minutes" holds
+            if wall + (wall / it if it else 0.0) > wall_budget or cpu + (cpu / it if it else 0.0) > cpu_budget:
                 break
             images = it * every
             ph = phase(images, cfg.schedule.warmup_images, cfg.schedule.ratio_start_images)

@@ -165,3 +165,24 @@ def test_a_cpu_without_native_bf16_distils_in_fp32_for_longer(tiny_teacher, tmp_
     printed = capsys.readouterr().out
     assert ("no native bf16" in printed) is (not bf16)
     assert f"budget {want[0]:g} min" in printed
+
+
+def test_the_demo_starts_no_iteration_that_would_end_past_its_budget(tiny_teacher, tmp_path, monkeypatch):
+    """A clock that moves 10 s per iteration and a budget of 35 s: three iterations (the fourth would end at 40 s)."""
+    from fastui.train import step
+
+    clock = [1000.0]
+    real = step.train_iteration
+
+    def slow(ctx, it, ph):
+        real(ctx, it, ph)
+        clock[0] += 10.0
+
+    monkeypatch.setattr(step, "train_iteration", slow)
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
+    out = tmp_path / "demo"
+    args = _smoke_args(tiny_teacher, out, "--skip-fid", "--minutes", str(35 / 60))
+    args[args.index("--iterations") + 1] = "100"
+    assert demo.main(args) == 0
+    run = json.loads((out / "distill.json").read_text())
+    assert run["iterations"] == 3 and run["wall_s"] <= 35.0
