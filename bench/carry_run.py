@@ -139,6 +139,27 @@ def _write_fmnist(x, y, out: Path) -> dict:
     return {"images": len(x), "files": sizes}
 
 
+def _write_pack(out: Path, manifest: dict, parts: list[bytes], subset) -> None:
+    """``parts`` (listed in ``manifest``), the images and ``manifest.json`` into ``out``: a temporary directory, then
+    one rename, so that an error leaves nothing."""
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for i, data in enumerate(parts):
+            name = f"ckpt.xz.{i:03d}"
+            (tmp / name).write_bytes(data)
+            manifest["parts"].append({"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        if subset is not None:
+            manifest["fmnist"] = _write_fmnist(*subset, tmp / "fmnist")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None, images: int) -> int:
     if not 0 < part_mib <= 16:
         raise CarryError(f"--part-mib must be in (0, 16] (the device tool returns files of at most 16 MiB), got "
@@ -175,23 +196,7 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
         manifest["continues"] = lineage
     if (run / PLAN).is_file():
         manifest["plan"] = (run / PLAN).read_text()
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        for k in range(0, len(blob), part):
-            name = f"ckpt.xz.{k // part:03d}"
-            (tmp / name).write_bytes(blob[k:k + part])
-            manifest["parts"].append({"name": name, "bytes": len(blob[k:k + part]),
-                                      "sha256": hashlib.sha256(blob[k:k + part]).hexdigest()})
-        if subset is not None:
-            manifest["fmnist"] = _write_fmnist(*subset, tmp / "fmnist")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _write_pack(out, manifest, [blob[k:k + part] for k in range(0, len(blob), part)], subset)
     if lineage is not None and manifest["id"] not in lineage.setdefault("packs", []):
         lineage["packs"].append(manifest["id"])
         _write_json(origin, lineage)
@@ -211,18 +216,7 @@ def _pack_fresh(run: Path, out: Path, fmnist: Path | None, images: int) -> int:
     plan = (run / PLAN).read_text()
     manifest = {"format": FORMAT, "version": VERSION, "id": hashlib.sha256(plan.encode()).hexdigest(),
                 "checkpoint": None, "source": str(run), "plan": plan, "parts": []}
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        if subset is not None:
-            manifest["fmnist"] = _write_fmnist(*subset, tmp / "fmnist")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _write_pack(out, manifest, [], subset)
     print(f"carry_run: {run} has no checkpoint: {out} starts a new trajectory to its plan {plan!r}"
           + (f"; Fashion-MNIST {images} images" if subset is not None else ""))
     return 0
