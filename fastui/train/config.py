@@ -98,7 +98,7 @@ class ScheduleConfig:
     k_fake: int = 0  # fake-score(+discriminator) steps per generator step (0 = the preset's)
     warmup_images: int = 100_000  # no generator step before this many images
     ratio_start_images: int = 200_000  # GAN and ratio-weighted branches on after this many images
-    # (measured in the demo on the CPU: ~9% faster iterations, but a worse FID at equal iterations; README)
+    # (measured in the demo on the CPU: 9% fewer FLOPs, 4% faster iterations, a worse FID at equal iterations; README)
     share_samples: bool = False  # fake step on the generator step's samples: one G forward fewer (k_fake 1, 1 micro)
 
 
