@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit import mlp_uni_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -24,21 +25,13 @@ ATOL = 2e-5
 
 
 def _config(backend: str, stage: int, world: int, grad_accum: int = 1):
-    from fastui.train.config import Config
-
-    cfg = Config()
-    cfg.teacher.spec = "random"
-    cfg.teacher.arch = {"model": "MLP", "dim": 4, "hidden": 16, "layers": 2}
-    cfg.loss.method, cfg.loss.divergence = "uni", "fkl"
-    cfg.schedule.warmup_images = cfg.schedule.ratio_start_images = 0
+    cfg = mlp_uni_config(4, 4 // world // grad_accum, backend)
     cfg.optim.lr_g = cfg.optim.lr_fake = 1e-3
-    cfg.batch.global_size, cfg.batch.micro, cfg.batch.noise = 4, 4 // world // grad_accum, "global"
-    cfg.data.source = "synthetic"
-    cfg.discriminator.kind = "conv"
+    cfg.batch.noise = "global"
     # The fake-score value clip acts on each rank's micro-batch gradient before the reduction (a tensor hook), so
     # it is the one setting whose result depends on the number of ranks; parity is checked without it.
     cfg.optim.fake_grad_clip = 0.0
-    cfg.engine.backend, cfg.engine.zero_stage, cfg.engine.precision = backend, stage, "fp32"
+    cfg.engine.zero_stage = stage
     return cfg
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from testkit import TOY, run_toy
+from testkit import TOY, mlp_uni_config, run_toy
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, ITERATIONS = 256, 6
@@ -145,19 +145,10 @@ def test_refresh_due_counts_images_past_the_start():
 
 
 def _config(world: int):
-    from fastui.train.config import Config
-
-    cfg = Config()
-    cfg.teacher.spec = "random"
-    cfg.teacher.arch = {"model": "MLP", "dim": 4, "hidden": 16, "layers": 2}
-    cfg.loss.method, cfg.loss.divergence = "uni", "fkl"
-    cfg.schedule.warmup_images = cfg.schedule.ratio_start_images = 0
-    cfg.batch.global_size, cfg.batch.micro, cfg.batch.noise = 8, 8 // world, "global"
-    cfg.data.source = "synthetic"
-    cfg.discriminator.kind = "conv"
+    cfg = mlp_uni_config(8, 8 // world)
+    cfg.batch.noise = "global"
     cfg.discriminator.refresh_every_images, cfg.discriminator.refresh_steps = 8, 40
     cfg.discriminator.refresh_pool, cfg.discriminator.refresh_batch = 60, 16  # not a multiple of the batch
-    cfg.engine.backend, cfg.engine.precision = "torch", "fp32"
     return cfg
 
 

@@ -16,25 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from testkit import ROOT, clean_env
+from testkit import ROOT, clean_env, mlp_uni_config
 
 ITERATIONS = 3
 
 
 def _config(share: bool):
-    from fastui.train.config import Config
-
-    cfg = Config()
-    cfg.teacher.spec = "random"
-    cfg.teacher.arch = {"model": "MLP", "dim": 4, "hidden": 16, "layers": 2}
-    cfg.loss.method, cfg.loss.divergence = "uni", "fkl"
-    cfg.schedule.warmup_images = cfg.schedule.ratio_start_images = 0
+    cfg = mlp_uni_config(8)
     cfg.schedule.share_samples = share
     cfg.optim.lr_g = cfg.optim.lr_fake = 1e-3
-    cfg.batch.global_size = cfg.batch.micro = 8
-    cfg.data.source = "synthetic"
-    cfg.discriminator.kind = "conv"
-    cfg.engine.backend, cfg.engine.precision = "torch", "fp32"
     return cfg
 
 

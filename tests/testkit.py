@@ -48,3 +48,20 @@ def fmnist_shards(out: Path, limit: int, shard_size: int = 1000) -> Path:
                     str(out), "--pad-to", "32", "--limit", str(limit), "--shard-size", str(shard_size)], check=True,
                    capture_output=True, cwd=ROOT)
     return out
+
+
+def mlp_uni_config(batch: int, micro: int | None = None, backend: str = "torch"):
+    """The small engine run several tests share: a random 4-wide MLP teacher, uni / fkl with the conv discriminator
+    head, synthetic data, no warm-up, fp32; ``batch`` images per step in micro-batches of ``micro`` (default all)."""
+    from fastui.train.config import Config
+
+    cfg = Config()
+    cfg.teacher.spec = "random"
+    cfg.teacher.arch = {"model": "MLP", "dim": 4, "hidden": 16, "layers": 2}
+    cfg.loss.method, cfg.loss.divergence = "uni", "fkl"
+    cfg.schedule.warmup_images = cfg.schedule.ratio_start_images = 0
+    cfg.batch.global_size, cfg.batch.micro = batch, micro or batch
+    cfg.data.source = "synthetic"
+    cfg.discriminator.kind = "conv"
+    cfg.engine.backend, cfg.engine.precision = backend, "fp32"
+    return cfg
