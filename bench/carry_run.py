@@ -164,18 +164,18 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
     if not 0 < part_mib <= 16:
         raise CarryError(f"--part-mib must be in (0, 16] (the device tool returns files of at most 16 MiB), got "
                          f"{part_mib}")
+    if out.exists() and any(out.iterdir()):
+        raise CarryError(f"{out} is not empty: nothing written")
     ckpt = _latest(run)
     if ckpt is None:
         if not (run / PLAN).is_file():
             raise CarryError(f"no complete checkpoint in {run / 'checkpoints'}, and no {PLAN} there to start a new "
-                             "trajectory with (bench/cpu_long.sh's header says how to write one)")
+                             "trajectory with (bench/gpu_continue.sh's header shows one)")
         return _pack_fresh(run, out, fmnist, images)
     meta = json.loads((ckpt / "meta.json").read_text())
     if meta.get("world") != 1 or meta.get("backend") != "torch":
         raise CarryError(f"{ckpt}: only single-process torch-backend checkpoints travel (world {meta.get('world')}, "
                          f"backend {meta.get('backend')})")
-    if out.exists() and any(out.iterdir()):
-        raise CarryError(f"{out} is not empty: nothing written")
     subset = _read_fmnist(fmnist, images) if fmnist is not None else None  # bad input fails before any writing
     engines, dropped = {}, 0
     for name in ENGINES:
@@ -210,8 +210,6 @@ def pack(run: Path, out: Path, part_mib: float, exact: bool, fmnist: Path | None
 
 def _pack_fresh(run: Path, out: Path, fmnist: Path | None, images: int) -> int:
     """A pack that starts a trajectory elsewhere: no checkpoint, the run's plan (and the images)."""
-    if out.exists() and any(out.iterdir()):
-        raise CarryError(f"{out} is not empty: nothing written")
     subset = _read_fmnist(fmnist, images) if fmnist is not None else None
     plan = (run / PLAN).read_text()
     manifest = {"format": FORMAT, "version": VERSION, "id": hashlib.sha256(plan.encode()).hexdigest(),
